@@ -1,0 +1,157 @@
+"""The audit log: append-only and hash-chained, so an edited, removed or reordered entry shows.
+
+Each entry's hash is SHA-256 over its own fields and the previous entry's hash. Free-text
+details are encrypted under the customer's data key (they stay chained after an erasure; they
+just can no longer be read).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select, text
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import AuditEntry, Customer, utcnow
+from .vault import Vault
+
+GENESIS = "0" * 64
+LOCK_ID = 7_301_001  # pg_advisory_xact_lock key that serialises appends
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    fields = {
+        "seq": entry.seq,
+        "at": entry.at.isoformat(),
+        "actor": entry.actor,
+        "action": entry.action,
+        "entity_type": entry.entity_type,
+        "entity_id": entry.entity_id,
+        "customer_id": str(entry.customer_id) if entry.customer_id else None,
+        "data": entry.data or {},
+        "details_ct": entry.details_ct.hex() if entry.details_ct else None,
+        "prev_hash": entry.prev_hash,
+    }
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+async def append(
+    session: AsyncSession,
+    *,
+    actor: str,
+    action: str,
+    entity_type: str,
+    entity_id: object,
+    customer: Customer | None = None,
+    data: dict[str, Any] | None = None,
+    details: str | None = None,
+    vault: Vault | None = None,
+) -> AuditEntry:
+    """Add an entry in the caller's transaction (appends are serialised per database)."""
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_ID})
+    last = (
+        await session.execute(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))
+    ).scalar_one_or_none()
+    seq = (last.seq + 1) if last else 1
+    entry = AuditEntry(
+        seq=seq,
+        at=utcnow(),
+        actor=actor,
+        action=action,
+        entity_type=entity_type,
+        entity_id=str(entity_id),
+        customer_id=customer.id if customer else None,
+        data=data or {},
+        prev_hash=last.hash if last else GENESIS,
+    )
+    if details and customer is not None and vault is not None:
+        entry.details_ct = vault.seal(customer, "audit_log", "details", seq, details)
+    entry.hash = entry_hash(entry)
+    session.add(entry)
+    await session.flush()
+    return entry
+
+
+@dataclass
+class Verdict:
+    ok: bool
+    checked: int
+    bad_seq: int | None = None
+    problem: str | None = None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return (
+                "empty: no audit entries yet"
+                if self.checked == 0
+                else (f"ok: {self.checked} entries, chain intact")
+            )
+        return f"broken at entry {self.bad_seq}: {self.problem} ({self.checked} entries checked)"
+
+
+async def verify(session: AsyncSession, batch: int = 2000) -> Verdict:
+    prev_hash, expected, checked = GENESIS, 1, 0
+    async for entry in _entries(session, batch):
+        if entry.seq != expected:
+            return Verdict(False, checked, expected, f"entry {expected} is missing or moved")
+        if entry.prev_hash != prev_hash:
+            return Verdict(False, checked, entry.seq, "does not follow the previous entry")
+        if entry_hash(entry) != entry.hash:
+            return Verdict(False, checked, entry.seq, "its content was changed")
+        prev_hash, expected, checked = entry.hash, expected + 1, checked + 1
+    return Verdict(True, checked)
+
+
+async def _entries(session: AsyncSession, batch: int, since: datetime | None = None):
+    after = 0
+    while True:
+        stmt = select(AuditEntry).where(AuditEntry.seq > after)
+        if since is not None:
+            stmt = stmt.where(AuditEntry.at >= since)
+        rows = (await session.execute(stmt.order_by(AuditEntry.seq).limit(batch))).scalars().all()
+        if not rows:
+            return
+        for row in rows:
+            yield row
+        after = rows[-1].seq
+        session.expunge_all()
+
+
+async def export(
+    session: AsyncSession, since: datetime | None, vault: Vault | None = None
+) -> AsyncIterator[dict]:
+    """Entries as dicts for auditors (details decrypted where the customer still exists)."""
+    keys: dict[uuid.UUID, Customer | None] = {}
+    async for entry in _entries(session, 2000, since):
+        details = None
+        if entry.details_ct and entry.customer_id and vault is not None:
+            if entry.customer_id not in keys:
+                keys[entry.customer_id] = await session.get(Customer, entry.customer_id)
+            customer = keys[entry.customer_id]
+            if customer is not None:
+                details = vault.open(customer, "audit_log", "details", entry.seq, entry.details_ct)
+        yield {
+            "seq": entry.seq,
+            "at": entry.at.isoformat(),
+            "actor": entry.actor,
+            "action": entry.action,
+            "entity_type": entry.entity_type,
+            "entity_id": entry.entity_id,
+            "customer_id": str(entry.customer_id) if entry.customer_id else None,
+            "data": entry.data,
+            "details": details,
+            "hash": entry.hash,
+            "prev_hash": entry.prev_hash,
+        }
+
+
+async def count(session: AsyncSession) -> int:
+    return (await session.execute(select(func.count()).select_from(AuditEntry))).scalar_one()

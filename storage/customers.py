@@ -1,0 +1,309 @@
+"""The customer repository: encrypted records, blind-index search, per-source ordering, erasure.
+
+Takes a session, never commits: the caller's unit of work does.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy import delete, insert, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .crypto import decrypt_field, encrypt_field, index_terms, normalise_email, query_terms
+from .models import BlindIndex, Customer, utcnow
+from .vault import Vault
+
+PERSONAL = ("name", "email", "phone", "company", "notes")
+PLAIN = ("tier", "lifecycle_stage", "owner_department", "owner_slack_user", "annual_value")
+FIELDS = PERSONAL + PLAIN
+INDEXED = ("name", "email", "phone", "company")
+
+
+class StaleEdit(Exception):
+    """The record changed since the person loaded it."""
+
+
+@dataclass
+class CustomerRecord:
+    """A customer as people see it: decrypted."""
+
+    id: uuid.UUID
+    external_id: str
+    name: str | None = None
+    email: str | None = None
+    phone: str | None = None
+    company: str | None = None
+    notes: str | None = None
+    tier: str | None = None
+    lifecycle_stage: str | None = None
+    owner_department: str | None = None
+    owner_slack_user: str | None = None
+    annual_value: Decimal | None = None
+    version: int = 1
+    updated_at: datetime | None = None
+    erased: bool = False
+
+    @property
+    def label(self) -> str:
+        return self.name or self.company or self.external_id
+
+
+@dataclass
+class UpsertResult:
+    customer: Customer
+    created: bool
+    applied: bool  # False when the change was older than one already applied from its source
+    changed: set[str] = field(default_factory=set)
+
+
+def clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
+    """Only known fields; annual_value as Decimal; empty strings as None."""
+    out: dict[str, Any] = {}
+    for key in FIELDS:
+        if key not in changes:
+            continue
+        value = changes[key]
+        if isinstance(value, str):
+            value = value.strip() or None
+        if key == "annual_value" and value is not None:
+            value = Decimal(str(value)).quantize(Decimal("0.01"))
+        out[key] = value
+    return out
+
+
+class Customers:
+    def __init__(self, session: AsyncSession, vault: Vault):
+        self.session = session
+        self.vault = vault
+
+    # --- reading ---
+
+    async def get(self, customer_id: uuid.UUID, *, for_update: bool = False) -> Customer | None:
+        stmt = select(Customer).where(Customer.id == customer_id)
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def by_external_id(self, external_id: str, *, for_update: bool = False):
+        stmt = select(Customer).where(Customer.external_id == external_id.strip())
+        if for_update:
+            stmt = stmt.with_for_update()
+        return (await self.session.execute(stmt)).scalar_one_or_none()
+
+    async def by_email(self, email: str) -> Customer | None:
+        hits = await self._lookup([("email", normalise_email(email))])
+        ids = [cid for cid, _, _ in hits]
+        return await self.get(ids[0]) if ids else None
+
+    async def by_ref(self, ref: str) -> Customer | None:
+        """`<customer>` in commands: an email address or an external id."""
+        ref = ref.strip().strip("<>")
+        if ref.startswith("mailto:"):
+            ref = ref.split("|", 1)[0].removeprefix("mailto:")
+        customer = await self.by_email(ref) if "@" in ref else None
+        if customer is None:
+            customer = await self.by_external_id(ref)
+        if customer is not None and customer.erased_at is not None:
+            return None
+        return customer
+
+    def read(self, customer: Customer) -> CustomerRecord:
+        record = CustomerRecord(
+            id=customer.id,
+            external_id=customer.external_id,
+            version=customer.version,
+            updated_at=customer.updated_at,
+            erased=customer.erased_at is not None,
+            **{k: getattr(customer, k) for k in PLAIN},
+        )
+        if not record.erased:
+            key = self.vault.key_of(customer)
+            for name in PERSONAL:
+                blob = getattr(customer, f"{name}_ct")
+                setattr(record, name, decrypt_field(key, "customers", name, customer.id, blob))
+        return record
+
+    async def search(self, text: str, limit: int = 10) -> list[CustomerRecord]:
+        """Exact email/phone/external id first, then customers matching every word (whole words
+        ahead of prefixes)."""
+        exact, words_ = query_terms(text)
+        if not exact and not words_:
+            return []
+        terms = list(exact)
+        for word in words_:
+            terms += [("word", word), ("prefix", word)]
+        hits = await self._lookup(terms)
+        by_digest_word: dict[tuple[str, str], set[uuid.UUID]] = {}
+        for cid, kind, term in hits:
+            by_digest_word.setdefault((kind, term), set()).add(cid)
+        scores: dict[uuid.UUID, float] = {}
+        for kind, term in exact:
+            for cid in by_digest_word.get((kind, term), ()):
+                scores[cid] = scores.get(cid, 0) + 1000
+        if words_:
+            sets = []
+            for word in words_:
+                whole = by_digest_word.get(("word", word), set())
+                prefix = by_digest_word.get(("prefix", word), set())
+                sets.append((whole, whole | prefix))
+            common = set.intersection(*(s for _, s in sets))
+            for cid in common:
+                scores[cid] = scores.get(cid, 0) + sum(2 if cid in w else 1 for w, _ in sets)
+        ranked = sorted(scores, key=lambda c: -scores[c])[: limit * 2]
+        if not ranked:
+            return []
+        rows = (
+            (await self.session.execute(select(Customer).where(Customer.id.in_(ranked))))
+            .scalars()
+            .all()
+        )
+        records = [self.read(c) for c in rows if c.erased_at is None]
+        records.sort(key=lambda r: (-scores[r.id], (r.name or "").casefold(), r.external_id))
+        return records[:limit]
+
+    async def _lookup(self, terms: list[tuple[str, str]]):
+        """Blind-index hits as (customer_id, kind, term), over every index generation."""
+        digests: dict[bytes, tuple[str, str]] = {}
+        for indexer in self.vault.indexers.values():
+            for kind, term in terms:
+                digests[indexer.digest(kind, term)] = (kind, term)
+        if not digests:
+            return []
+        rows = await self.session.execute(
+            select(BlindIndex.customer_id, BlindIndex.kind, BlindIndex.digest).where(
+                BlindIndex.digest.in_(list(digests))
+            )
+        )
+        out = []
+        for cid, kind, digest in rows:
+            want_kind, term = digests[bytes(digest)]
+            if kind == want_kind:
+                out.append((cid, kind, term))
+        return out
+
+    # --- writing ---
+
+    def _encrypt_into(self, customer: Customer, key: bytes, values: dict[str, Any]) -> None:
+        for name in PERSONAL:
+            if name in values:
+                blob = encrypt_field(key, "customers", name, customer.id, values[name])
+                setattr(customer, f"{name}_ct", blob)
+        for name in PLAIN:
+            if name in values:
+                setattr(customer, name, values[name])
+
+    async def reindex(self, customer: Customer, record: CustomerRecord | None = None) -> None:
+        """Replace the customer's blind-index rows with rows for its current values."""
+        record = record or self.read(customer)
+        await self.session.execute(delete(BlindIndex).where(BlindIndex.customer_id == customer.id))
+        rows = index_rows(self.vault, customer.id, record)
+        if rows:
+            await self.session.execute(insert(BlindIndex), rows)
+
+    async def upsert(
+        self,
+        external_id: str,
+        changes: dict[str, Any],
+        *,
+        source: str,
+        occurred_at: datetime,
+    ) -> UpsertResult:
+        """Create or update by external id. Absent fields stay, None clears. A change older than
+        the last one applied from the same source changes nothing."""
+        changes = clean_changes(changes)
+        customer = await self.by_external_id(external_id, for_update=True)
+        stamp = occurred_at.isoformat()
+        if customer is None:
+            customer = Customer(id=uuid.uuid4(), external_id=external_id.strip(), source_clock={})
+            key = self.vault.new_customer_key(customer)
+            self._encrypt_into(customer, key, changes)
+            customer.source_clock = {source: stamp}
+            self.session.add(customer)
+            await self.session.flush()
+            await self.reindex(customer, self._record_from(customer, changes))
+            return UpsertResult(customer, created=True, applied=True, changed=set(changes))
+        last = (customer.source_clock or {}).get(source)
+        if last is not None and datetime.fromisoformat(last) > occurred_at:
+            return UpsertResult(customer, created=False, applied=False)
+        if customer.erased_at is not None:  # the system of record added them again
+            customer.erased_at = None
+            key = self.vault.new_customer_key(customer)
+            before = CustomerRecord(id=customer.id, external_id=customer.external_id)
+        else:
+            key = self.vault.key_of(customer)
+            before = self.read(customer)
+        changed = {k for k, v in changes.items() if getattr(before, k) != v}
+        self._encrypt_into(customer, key, {k: changes[k] for k in changed})
+        customer.source_clock = {**(customer.source_clock or {}), source: stamp}
+        if changed:
+            customer.updated_at = utcnow()
+        await self.session.flush()
+        if changed & {*INDEXED} or before.erased:
+            await self.reindex(customer)
+        return UpsertResult(customer, created=False, applied=True, changed=changed)
+
+    def _record_from(self, customer: Customer, values: dict[str, Any]) -> CustomerRecord:
+        return CustomerRecord(id=customer.id, external_id=customer.external_id, **values)
+
+    async def edit(
+        self, customer_id: uuid.UUID, changes: dict[str, Any], *, expected_version: int
+    ) -> UpsertResult:
+        """An edit made in Slack: refused with StaleEdit when the record moved on meanwhile."""
+        customer = await self.get(customer_id, for_update=True)
+        if customer is None or customer.erased_at is not None:
+            raise LookupError("no such customer")
+        if customer.version != expected_version:
+            raise StaleEdit("this customer was changed meanwhile; open it again")
+        changes = clean_changes(changes)
+        before = self.read(customer)
+        changed = {k for k, v in changes.items() if getattr(before, k) != v}
+        self._encrypt_into(customer, self.vault.key_of(customer), {k: changes[k] for k in changed})
+        if changed:
+            customer.updated_at = utcnow()
+        await self.session.flush()
+        if changed & {*INDEXED}:
+            await self.reindex(customer)
+        return UpsertResult(customer, created=False, applied=True, changed=changed)
+
+    async def erase(self, customer: Customer, *, occurred_at: datetime | None = None, source=None):
+        """Crypto-shredding: the data key and index rows go, so every ciphertext about this
+        customer, anywhere in the database, is unreadable at once."""
+        await self.session.execute(delete(BlindIndex).where(BlindIndex.customer_id == customer.id))
+        for name in PERSONAL:
+            setattr(customer, f"{name}_ct", None)
+        for name in PLAIN:
+            setattr(customer, name, None)
+        customer.key_id = None
+        customer.wrapped_key = None
+        customer.erased_at = utcnow()
+        if source and occurred_at:
+            customer.source_clock = {
+                **(customer.source_clock or {}),
+                source: occurred_at.isoformat(),
+            }
+        await self.session.flush()
+
+
+def index_rows(vault: Vault, customer_id: uuid.UUID, record: CustomerRecord) -> list[dict]:
+    terms = index_terms(
+        email=record.email,
+        phone=record.phone,
+        external_id=record.external_id,
+        texts=[record.name, record.company],
+    )
+    gen = vault.active_generation
+    indexer = vault.indexer
+    return [
+        {
+            "customer_id": customer_id,
+            "generation": gen,
+            "kind": kind,
+            "digest": indexer.digest(kind, term),
+        }
+        for kind, term in terms
+    ]

@@ -1,0 +1,325 @@
+"""Every table of the shared database. Columns ending in `_ct` hold AES-256-GCM ciphertext.
+
+Ids are UUIDs made by the application. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    Numeric,
+    String,
+    Text,
+    TypeDecorator,
+    Uuid,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator):
+    """Timezone-aware datetimes on both SQLite (which forgets the zone) and PostgreSQL."""
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            raise ValueError("naive datetime")
+        return value.astimezone(UTC) if value is not None else None
+
+    def process_result_value(self, value, dialect):
+        if value is not None and value.tzinfo is None:
+            value = value.replace(tzinfo=UTC)
+        return value
+
+
+NAMING = {
+    "ix": "ix_%(column_0_label)s",
+    "uq": "uq_%(table_name)s_%(column_0_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+class Base(DeclarativeBase):
+    metadata = MetaData(naming_convention=NAMING)
+
+
+Id = Uuid(as_uuid=True)
+Money = Numeric(14, 2)
+
+
+def new_id() -> uuid.UUID:
+    return uuid.uuid4()
+
+
+class Department(Base):
+    __tablename__ = "departments"
+
+    key: Mapped[str] = mapped_column(String(32), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100))
+    channel_id: Mapped[str] = mapped_column(String(32))
+    usergroup: Mapped[str | None] = mapped_column(String(32))
+    approval_limit: Mapped[Decimal | None] = mapped_column(Money)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class DepartmentMember(Base):
+    __tablename__ = "department_members"
+
+    department_key: Mapped[str] = mapped_column(
+        ForeignKey("departments.key", ondelete="CASCADE"), primary_key=True
+    )
+    slack_user_id: Mapped[str] = mapped_column(String(32), primary_key=True, index=True)
+    is_lead: Mapped[bool] = mapped_column(Boolean, default=False)
+
+
+class Customer(Base):
+    __tablename__ = "customers"
+
+    id: Mapped[uuid.UUID] = mapped_column(Id, primary_key=True, default=new_id)
+    external_id: Mapped[str] = mapped_column(String(128), unique=True)
+    # The customer's data key, wrapped under master key `key_id`. Erasure sets both to NULL.
+    key_id: Mapped[str | None] = mapped_column(String(32), index=True)
+    wrapped_key: Mapped[bytes | None] = mapped_column(LargeBinary)
+    name_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    email_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    phone_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    company_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    notes_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    tier: Mapped[str | None] = mapped_column(String(20))
+    lifecycle_stage: Mapped[str | None] = mapped_column(String(20))
+    owner_department: Mapped[str | None] = mapped_column(String(64))
+    owner_slack_user: Mapped[str | None] = mapped_column(String(32))
+    annual_value: Mapped[Decimal | None] = mapped_column(Money)
+    # Last occurred_at applied per source: {"billing": "2026-11-25T10:00:00+00:00"}.
+    source_clock: Mapped[dict] = mapped_column(JSON, default=dict)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    erased_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class IndexKey(Base):
+    """Blind-index keys by generation, wrapped under a master key. Search uses every generation
+    present, so a re-index can run while the bot serves."""
+
+    __tablename__ = "index_keys"
+
+    generation: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    key_id: Mapped[str] = mapped_column(String(32))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BlindIndex(Base):
+    __tablename__ = "blind_index"
+
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    generation: Mapped[int] = mapped_column(Integer)
+    kind: Mapped[str] = mapped_column(String(12))
+    digest: Mapped[bytes] = mapped_column(LargeBinary(16))
+
+    __table_args__ = (Index("ix_blind_index_digest", "digest"),)
+
+
+class CustomerThread(Base):
+    """The thread in a channel where alerts about one customer go."""
+
+    __tablename__ = "customer_threads"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    thread_ts: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class SharedCard(Base):
+    """A redacted card shared to a channel, kept up to date as the record changes."""
+
+    __tablename__ = "shared_cards"
+
+    id: Mapped[uuid.UUID] = mapped_column(Id, primary_key=True, default=new_id)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    channel_id: Mapped[str] = mapped_column(String(32))
+    ts: Mapped[str] = mapped_column(String(32))
+    shared_by: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class TimelineEntry(Base):
+    __tablename__ = "timeline"
+
+    id: Mapped[uuid.UUID] = mapped_column(Id, primary_key=True, default=new_id)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    kind: Mapped[str] = mapped_column(String(40))
+    source: Mapped[str] = mapped_column(String(64))
+    summary_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    event_id: Mapped[str | None] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Handoff(Base):
+    __tablename__ = "handoffs"
+
+    id: Mapped[uuid.UUID] = mapped_column(Id, primary_key=True, default=new_id)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    from_department: Mapped[str | None] = mapped_column(String(32))
+    to_department: Mapped[str] = mapped_column(String(32), index=True)
+    requested_by: Mapped[str] = mapped_column(String(32), index=True)
+    note_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    context_permalink: Mapped[str | None] = mapped_column(String(500))
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    assignee: Mapped[str | None] = mapped_column(String(32))
+    reason_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    channel_id: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    requester_channel_id: Mapped[str | None] = mapped_column(String(32))
+    requester_ts: Mapped[str | None] = mapped_column(String(32))
+    claim_deadline: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
+    reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class Approval(Base):
+    __tablename__ = "approvals"
+
+    id: Mapped[uuid.UUID] = mapped_column(Id, primary_key=True, default=new_id)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(16))
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    unit: Mapped[str | None] = mapped_column(String(8))  # "%" or a currency code
+    reason_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    requested_by: Mapped[str] = mapped_column(String(32), index=True)
+    requester_department: Mapped[str | None] = mapped_column(String(32))
+    department: Mapped[str] = mapped_column(String(32), index=True)
+    status: Mapped[str] = mapped_column(String(16), index=True)
+    decided_by: Mapped[str | None] = mapped_column(String(32))
+    decided_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    decision_reason_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    channel_id: Mapped[str | None] = mapped_column(String(32))
+    message_ts: Mapped[str | None] = mapped_column(String(32))
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+
+    __mapper_args__ = {"version_id_col": version}
+
+
+class AuditEntry(Base):
+    """Append-only, hash-chained: each entry's hash covers its fields and the previous hash."""
+
+    __tablename__ = "audit_log"
+
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    at: Mapped[datetime] = mapped_column(UTCDateTime)
+    actor: Mapped[str] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    entity_type: Mapped[str] = mapped_column(String(32))
+    entity_id: Mapped[str] = mapped_column(String(64))
+    customer_id: Mapped[uuid.UUID | None] = mapped_column(Id)
+    data: Mapped[dict] = mapped_column(JSON, default=dict)  # no personal data: ids, states, amounts
+    details_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # free text, under customer key
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class ProcessedEvent(Base):
+    __tablename__ = "processed_events"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    type: Mapped[str] = mapped_column(String(40))
+    outcome: Mapped[str] = mapped_column(String(16))
+    processed_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class AlertDelivery(Base):
+    """One row per (event, channel) an alert was posted to: redelivery never posts twice."""
+
+    __tablename__ = "alert_deliveries"
+
+    event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[str | None] = mapped_column(String(32))
+    posted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class OutboxEvent(Base):
+    __tablename__ = "outbox"
+
+    id: Mapped[uuid.UUID] = mapped_column(Id, primary_key=True, default=new_id)
+    routing_key: Mapped[str] = mapped_column(String(64))
+    body: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_outbox_pending", "published_at", "created_at"),)
+
+
+class SlackRequest(Base):
+    """Interactive requests already handled, by a key derived from the payload (double clicks,
+    Slack retries): the second one changes nothing."""
+
+    __tablename__ = "slack_requests"
+
+    key: Mapped[str] = mapped_column(String(128), primary_key=True)
+    handled_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+__all__ = [
+    "AlertDelivery",
+    "Approval",
+    "AuditEntry",
+    "Base",
+    "BlindIndex",
+    "Customer",
+    "CustomerThread",
+    "Department",
+    "DepartmentMember",
+    "Handoff",
+    "IndexKey",
+    "OutboxEvent",
+    "ProcessedEvent",
+    "SharedCard",
+    "SlackRequest",
+    "TimelineEntry",
+    "new_id",
+    "utcnow",
+]

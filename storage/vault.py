@@ -1,0 +1,97 @@
+"""The keys of one database: customers' data keys and the blind-index keys, under a key ring."""
+
+from __future__ import annotations
+
+import uuid
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .crypto import (
+    BlindIndexer,
+    CryptoError,
+    KeyRing,
+    decrypt_field,
+    encrypt_field,
+    new_data_key,
+)
+from .models import Customer, IndexKey
+
+
+class ErasedError(CryptoError):
+    """The customer was erased: their data key is gone."""
+
+
+class Vault:
+    def __init__(self, ring: KeyRing):
+        self.ring = ring
+        self.indexers: dict[int, BlindIndexer] = {}
+
+    @property
+    def active_generation(self) -> int:
+        return max(self.indexers)
+
+    @property
+    def indexer(self) -> BlindIndexer:
+        return self.indexers[self.active_generation]
+
+    async def load(self, session: AsyncSession) -> None:
+        """Load the blind-index keys, creating the first one in a new database."""
+        rows = (await session.execute(select(IndexKey))).scalars().all()
+        if not rows:
+            rows = [await self.add_index_key(session, generation=1)]
+        self.indexers = {
+            row.generation: BlindIndexer(
+                self.ring.unwrap(row.key_id, row.wrapped_key, f"index_keys:{row.generation}")
+            )
+            for row in rows
+        }
+
+    async def add_index_key(self, session: AsyncSession, generation: int) -> IndexKey:
+        key = new_data_key()
+        key_id, wrapped = self.ring.wrap(key, f"index_keys:{generation}")
+        row = IndexKey(generation=generation, key_id=key_id, wrapped_key=wrapped)
+        try:
+            async with session.begin_nested():
+                session.add(row)
+        except IntegrityError:  # another process made it first
+            row = await session.get(IndexKey, generation)
+        self.indexers[generation] = BlindIndexer(
+            self.ring.unwrap(row.key_id, row.wrapped_key, f"index_keys:{generation}")
+        )
+        return row
+
+    # --- data keys ---
+
+    def new_customer_key(self, customer: Customer) -> bytes:
+        if customer.id is None:
+            customer.id = uuid.uuid4()
+        key = new_data_key()
+        customer.key_id, customer.wrapped_key = self.ring.wrap(key, f"customers:{customer.id}")
+        return key
+
+    def data_key(self, customer_id: uuid.UUID, key_id: str | None, wrapped: bytes | None) -> bytes:
+        if key_id is None or wrapped is None:
+            raise ErasedError("this customer was erased; their data can no longer be read")
+        return self.ring.unwrap(key_id, wrapped, f"customers:{customer_id}")
+
+    def key_of(self, customer: Customer) -> bytes:
+        return self.data_key(customer.id, customer.key_id, customer.wrapped_key)
+
+    # --- notes about a customer, in other tables ---
+
+    def seal(self, customer: Customer, table: str, column: str, row_id, text: str | None):
+        if text is None:
+            return None
+        return encrypt_field(self.key_of(customer), table, column, row_id, text)
+
+    def open(self, customer: Customer, table: str, column: str, row_id, blob: bytes | None):
+        """Decrypt a note; an erased customer's notes read as None."""
+        if blob is None:
+            return None
+        try:
+            key = self.key_of(customer)
+        except ErasedError:
+            return None
+        return decrypt_field(key, table, column, row_id, blob)
