@@ -76,6 +76,7 @@ class Department(Base):
     key: Mapped[str] = mapped_column(String(32), primary_key=True)
     name: Mapped[str] = mapped_column(String(100))
     channel_id: Mapped[str] = mapped_column(String(32))
+    channel_linked_by: Mapped[str | None] = mapped_column(String(32))  # set by `/crm dept link`
     usergroup: Mapped[str | None] = mapped_column(String(32))
     approval_limit: Mapped[Decimal | None] = mapped_column(Money)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

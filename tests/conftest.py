@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.db",
     "tests.fixtures.amqp",
     "tests.fixtures.slack",
+    "tests.fixtures.bot",
 ]

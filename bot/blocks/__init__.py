@@ -1,0 +1,146 @@
+"""Block Kit builders: plain functions that return dicts. One module per message family
+(customers, handoffs, approvals, alerts); the small shared pieces are here."""
+
+from __future__ import annotations
+
+from typing import Any
+
+Block = dict[str, Any]
+
+
+def esc(text: object) -> str:
+    """Escape text for mrkdwn (Slack's three control characters)."""
+    return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def plain(text: str) -> dict[str, Any]:
+    return {"type": "plain_text", "text": text or " ", "emoji": True}
+
+
+def header(text: str) -> Block:
+    return {"type": "header", "text": plain(text)}
+
+
+def section(text: str, *, fields: list[str] | None = None, accessory: Block | None = None) -> Block:
+    block: Block = {"type": "section", "text": {"type": "mrkdwn", "text": text or " "}}
+    if fields:
+        block["fields"] = [{"type": "mrkdwn", "text": f} for f in fields[:10]]
+    if accessory:
+        block["accessory"] = accessory
+    return block
+
+
+def fields_section(fields: list[str]) -> Block:
+    return {"type": "section", "fields": [{"type": "mrkdwn", "text": f} for f in fields[:10]]}
+
+
+def context(*texts: str) -> Block:
+    return {"type": "context", "elements": [{"type": "mrkdwn", "text": t} for t in texts[:10]]}
+
+
+def divider() -> Block:
+    return {"type": "divider"}
+
+
+def button(
+    text: str, action_id: str, value: str, *, style: str | None = None, confirm: Block | None = None
+) -> Block:
+    b: Block = {"type": "button", "text": plain(text), "action_id": action_id, "value": value}
+    if style:
+        b["style"] = style
+    if confirm:
+        b["confirm"] = confirm
+    return b
+
+
+def actions(*elements: Block, block_id: str | None = None) -> Block:
+    block: Block = {"type": "actions", "elements": list(elements)}
+    if block_id:
+        block["block_id"] = block_id
+    return block
+
+
+def user(user_id: str | None) -> str:
+    return f"<@{user_id}>" if user_id else "nobody"
+
+
+def channel(channel_id: str | None) -> str:
+    return f"<#{channel_id}>" if channel_id else "no channel"
+
+
+def date(dt) -> str:
+    """A time Slack shows in each reader's own zone."""
+    if dt is None:
+        return "-"
+    ts = int(dt.timestamp())
+    return f"<!date^{ts}^{{date_short_pretty}} {{time}}|{dt.strftime('%Y-%m-%d %H:%M UTC')}>"
+
+
+def modal(
+    callback_id: str,
+    title: str,
+    blocks: list[Block],
+    *,
+    submit: str = "Submit",
+    private_metadata: str = "",
+) -> Block:
+    return {
+        "type": "modal",
+        "callback_id": callback_id,
+        "title": plain(title[:24]),
+        "submit": plain(submit),
+        "close": plain("Cancel"),
+        "blocks": blocks,
+        "private_metadata": private_metadata,
+    }
+
+
+def text_input(
+    block_id: str,
+    label: str,
+    action_id: str,
+    *,
+    multiline: bool = False,
+    optional: bool = False,
+    max_length: int = 3000,
+    initial: str | None = None,
+) -> Block:
+    element: Block = {
+        "type": "plain_text_input",
+        "action_id": action_id,
+        "multiline": multiline,
+        "max_length": max_length,
+    }
+    if initial:
+        element["initial_value"] = initial
+    return {
+        "type": "input",
+        "block_id": block_id,
+        "label": plain(label),
+        "element": element,
+        "optional": optional,
+    }
+
+
+def select_input(
+    block_id: str,
+    label: str,
+    action_id: str,
+    options: list[tuple[str, str]],
+    *,
+    initial: str | None = None,
+) -> Block:
+    opts = [{"text": plain(text), "value": value} for value, text in options[:100]]
+    element: Block = {"type": "static_select", "action_id": action_id, "options": opts}
+    for o in opts:
+        if o["value"] == initial:
+            element["initial_option"] = o
+    return {"type": "input", "block_id": block_id, "label": plain(label), "element": element}
+
+
+def reply(text: str, blocks: list[Block] | None = None) -> dict[str, Any]:
+    """An answer to the person who asked (ephemeral)."""
+    out: dict[str, Any] = {"response_type": "ephemeral", "text": text}
+    if blocks:
+        out["blocks"] = blocks
+    return out

@@ -1,0 +1,177 @@
+"""The running bot: storage, the bolt app behind the HTTP server (or Socket Mode), the RabbitMQ
+consumer and outbox relay, and the handlers' periodic jobs. Started and stopped as one."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import uuid
+from dataclasses import dataclass
+
+from aiohttp import web
+
+from handlers.deps import Deps
+from storage.departments import sync_from_config
+
+from .app import build_bolt_app, jobs, sync_handler
+from .config import CrmConfig, Settings
+from .metrics import broker_connected
+from .runtime import open_storage
+from .slack_out import SlackOut, make_client
+from .web import create_web_app
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Tuning:
+    per_channel_interval: float = 1.0
+    retry_delays: tuple[float, ...] = (1, 5, 30)
+    max_attempts: int = 5
+    prefetch: int = 64
+    job_interval: float | None = None  # overrides every job's interval (tests)
+    outbox_poll: float = 1.0
+
+
+class BotService:
+    def __init__(self, settings: Settings, config: CrmConfig, tuning: Tuning | None = None):
+        self.settings = settings
+        self.config = config
+        self.tuning = tuning or Tuning()
+        self.deps: Deps | None = None
+        self.consumer = None
+        self.relay = None
+        self.url = ""
+        self._runner: web.AppRunner | None = None
+        self._socket = None
+        self._tasks: list[asyncio.Task] = []
+
+    async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
+        s = self.settings
+        s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
+        db, vault = await open_storage(s, migrate=migrate)
+        async with db.transaction() as session:
+            await sync_from_config(session, self.config.departments)
+        client = make_client(s.slack_bot_token, s.slack_api_url)
+        slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
+        self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
+        bolt = build_bolt_app(s, deps)
+        if s.amqp_url:
+            await self._start_broker(deps)
+        else:
+            log.info("AMQP_URL is not set: the sync consumer and outbox relay are off")
+        for name, interval, fn in jobs(deps):
+            every = self.tuning.job_interval or interval
+            self._tasks.append(asyncio.create_task(self._every(name, every, fn), name=name))
+        if s.slack_app_token:
+            from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+            self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
+            await self._socket.connect_async()
+            log.info("connected to Slack over Socket Mode")
+        web_app = create_web_app(bolt, self.readiness)
+        self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(
+            self._runner,
+            "0.0.0.0" if port is None else "127.0.0.1",
+            s.port if port is None else port,
+        )
+        await site.start()
+        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.url = f"http://127.0.0.1:{bound}"
+        log.info("crm-bot listening on port %s", bound)
+
+    async def _start_broker(self, deps: Deps) -> None:
+        from storage import outbox
+
+        from .broker import Consumer, OutboxMessage, OutboxRelay
+
+        handle, permanent = sync_handler(deps)
+        t = self.tuning
+        self.consumer = Consumer(
+            self.settings.amqp_url,
+            handle,
+            permanent_errors=permanent,
+            prefetch=t.prefetch,
+            retry_delays=t.retry_delays,
+            max_attempts=t.max_attempts,
+            partition_key=partition_key,
+        )
+
+        async def fetch():
+            async with deps.db.transaction() as session:
+                rows = await outbox.pending(session, 100)
+            return [
+                OutboxMessage(
+                    id=str(r.id),
+                    routing_key=r.routing_key,
+                    body=r.body.encode(),
+                    message_id=str(r.id),
+                )
+                for r in rows
+            ]
+
+        async def mark(ids):
+            async with deps.db.transaction() as session:
+                await outbox.mark_published(session, [uuid.UUID(i) for i in ids])
+
+        self.relay = OutboxRelay(self.settings.amqp_url, fetch, mark, poll_interval=t.outbox_poll)
+        deps.wake_outbox = self.relay.wake
+        await self.consumer.start()
+        await self.relay.start()
+
+    async def _every(self, name: str, interval: float, fn) -> None:
+        while True:
+            try:
+                await fn()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("job %s failed; it runs again in %ss", name, interval)
+            await asyncio.sleep(interval)
+
+    async def readiness(self) -> dict[str, bool]:
+        checks = {"database": bool(self.deps) and await self.deps.db.ping()}
+        if self.consumer is not None:
+            checks["broker"] = bool(self.consumer.connected)
+            broker_connected.set(1 if checks["broker"] else 0)
+        return checks
+
+    async def stop(self) -> None:
+        """Drain: stop taking new work, let in-flight work finish, close everything."""
+        if self._runner is not None:
+            await self._runner.shutdown()
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.relay is not None:
+            await self.relay.stop()
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._socket is not None:
+            await self._socket.close_async()
+        # give lazy listeners still running a moment to finish their answers
+        pending = [
+            t
+            for t in asyncio.all_tasks()
+            if t is not asyncio.current_task() and "lazy" in (t.get_name() or "")
+        ]
+        if pending:
+            await asyncio.wait(pending, timeout=5)
+        if self._runner is not None:
+            await self._runner.cleanup()
+        if self.deps is not None:
+            await self.deps.db.close()
+
+
+def partition_key(body: bytes):
+    """Events of one customer are applied in the order they arrive."""
+    try:
+        return json.loads(body)["customer"]["external_id"]
+    except Exception:
+        return None

@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the customers capability."""
+
+
+def register(app, deps, router) -> None:
+    pass

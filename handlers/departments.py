@@ -1,0 +1,5 @@
+"""Placeholder: replaced by the departments capability."""
+
+
+def register(app, deps, router) -> None:
+    pass
