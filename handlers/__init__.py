@@ -5,25 +5,27 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
+from . import approvals, customers, departments, handoffs, home, sync
 from .commands import CommandRouter
 from .deps import Deps
 
 
 def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:
-    from . import customers, departments
-
     router = CommandRouter()
     customers.register(app, deps, router)
+    handoffs.register(app, deps, router)
+    approvals.register(app, deps, router)
     departments.register(app, deps, router)
+    home.register(app, deps)
     router.register(app, deps)
     return router
 
 
 def background_jobs(deps: Deps) -> list:
     """(name, interval in seconds, async fn()) for each periodic job."""
-    return []
+    return [*handoffs.jobs(deps), *approvals.jobs(deps), *sync.jobs(deps)]
 
 
 def sync_handler(deps: Deps):
     """(handle(body, attempt), permanent error types) for the RabbitMQ consumer."""
-    raise NotImplementedError
+    return sync.make_handler(deps)

@@ -1,0 +1,13 @@
+"""Placeholder: replaced by the approvals capability."""
+
+
+def register(app, deps, router) -> None:
+    pass
+
+
+def jobs(deps) -> list:
+    return []
+
+
+async def home_section(deps, user: str) -> list[dict]:
+    return []
