@@ -1,0 +1,300 @@
+"""The sandbox acting as Slack toward the bot: slash commands, clicks, modal submissions,
+shortcuts and events, each signed exactly as Slack signs them (v0 scheme, via slack_sdk).
+
+Every call returns the bot's answer (`BotReply`). What the bot sends back the way Slack would
+show it (a command's acknowledgement text, a modal's `response_action`) is applied to the
+sandbox store too, so a test asserts on what a person sees.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlencode
+
+import aiohttp
+from slack_sdk.signature import SignatureVerifier
+
+from bot.sandbox.server import Sandbox
+from bot.sandbox.store import APP_ID, BOT_USER_ID, TEAM_ID
+
+Signing = Literal["valid", "none", "wrong", "stale"]
+
+
+@dataclass
+class BotReply:
+    status: int
+    body: str
+    headers: dict[str, str]
+
+    def json(self) -> Any:
+        return json.loads(self.body) if self.body else None
+
+
+class SlackClientSim:
+    def __init__(self, bot_url: str, signing_secret: str, sandbox: Sandbox) -> None:
+        self.bot_url = bot_url
+        self.sandbox = sandbox
+        self.verifier = SignatureVerifier(signing_secret)
+        self._session: aiohttp.ClientSession | None = None
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+    async def __aenter__(self) -> SlackClientSim:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- transport ---------------------------------------------------------------------
+    async def send(
+        self,
+        body: str,
+        content_type: str,
+        *,
+        signing: Signing = "valid",
+        retry_num: int | None = None,
+        retry_reason: str | None = None,
+    ) -> BotReply:
+        """POST `body` to the bot as Slack would, signed (or not) as asked."""
+        timestamp = int(time.time()) - (600 if signing == "stale" else 0)
+        headers = {"Content-Type": content_type, "User-Agent": "Slackbot 1.0 (+sandbox)"}
+        if signing != "none":
+            headers["X-Slack-Request-Timestamp"] = str(timestamp)
+            signature = self.verifier.generate_signature(timestamp=str(timestamp), body=body)
+            if signing == "wrong":
+                signature = "v0=" + secrets.token_hex(32)
+            headers["X-Slack-Signature"] = str(signature)
+        if retry_num is not None:
+            headers["X-Slack-Retry-Num"] = str(retry_num)
+            headers["X-Slack-Retry-Reason"] = retry_reason or "http_timeout"
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        async with self._session.post(self.bot_url, data=body.encode(), headers=headers) as resp:
+            return BotReply(resp.status, await resp.text(), dict(resp.headers))
+
+    async def _interactive(self, payload: dict[str, Any], **options: Any) -> BotReply:
+        body = urlencode({"payload": json.dumps(payload)})
+        return await self.send(body, "application/x-www-form-urlencoded", **options)
+
+    # -- payload parts -----------------------------------------------------------------
+    def _user(self, user: str) -> dict[str, Any]:
+        name = self.sandbox.store.users.get(user, {}).get("name", user.lower())
+        return {"id": user, "username": name, "name": name, "team_id": TEAM_ID}
+
+    def _channel(self, channel: str) -> dict[str, Any]:
+        info = self.sandbox.store.channels.get(channel)
+        return {"id": channel, "name": info["name"] if info else channel.lower()}
+
+    @staticmethod
+    def _team() -> dict[str, Any]:
+        return {"id": TEAM_ID, "domain": "crm-sandbox"}
+
+    def _base(self, kind: str, user: str) -> dict[str, Any]:
+        return {
+            "type": kind,
+            "token": "sandbox-verification-token",
+            "api_app_id": APP_ID,
+            "team": self._team(),
+            "user": self._user(user),
+            "is_enterprise_install": False,
+            "enterprise": None,
+            "trigger_id": self.sandbox.issue_trigger(user),
+        }
+
+    # -- what people do ----------------------------------------------------------------
+    async def command(
+        self, user: str, channel: str, command: str, text: str = "", **options: Any
+    ) -> BotReply:
+        """Type `command text` in `channel`. The ack's text, if any, becomes what the user sees
+        (ephemeral unless `response_type` is `in_channel`)."""
+        self.sandbox.store.resolve_channel(channel)
+        response_url = self.sandbox.issue_response_url(user, channel)
+        form = {
+            "token": "sandbox-verification-token",
+            "team_id": TEAM_ID,
+            "team_domain": "crm-sandbox",
+            "channel_id": channel,
+            "channel_name": self._channel(channel)["name"],
+            "user_id": user,
+            "user_name": self._user(user)["name"],
+            "command": command,
+            "text": text,
+            "api_app_id": APP_ID,
+            "is_enterprise_install": "false",
+            "response_url": response_url,
+            "trigger_id": self.sandbox.issue_trigger(user),
+        }
+        reply = await self.send(urlencode(form), "application/x-www-form-urlencoded", **options)
+        self._show_ack(reply, user, channel)
+        return reply
+
+    def _show_ack(self, reply: BotReply, user: str, channel: str) -> None:
+        if reply.status != 200 or not reply.body:
+            return
+        try:
+            body = reply.json()
+        except ValueError:
+            body = {"text": reply.body}
+        if isinstance(body, dict) and (body.get("text") or body.get("blocks")):
+            target = {"user": user, "channel": channel, "ts": None, "source": "ack"}
+            self.sandbox.apply_response(target, body)
+
+    async def click(
+        self,
+        user: str,
+        channel: str | None,
+        message_ts: str | None,
+        action_id: str,
+        value: str | None = None,
+        block_id: str | None = None,
+        container: dict[str, Any] | None = None,
+        **options: Any,
+    ) -> BotReply:
+        """Click a button: on a channel message, on the user's ephemeral message (when
+        `message_ts` is one), or in a view (pass `container={"type": "view", "view_id": ...}`)."""
+        store = self.sandbox.store
+        payload = self._base("block_actions", user)
+        message = store.message(channel, message_ts) if channel and message_ts else None
+        ephemeral = store.ephemeral(user, message_ts) if message_ts else None
+        blocks: list[dict[str, Any]] = []
+        if container is None and message_ts and channel:
+            container = {
+                "type": "message",
+                "message_ts": message_ts,
+                "channel_id": channel,
+                "is_ephemeral": message is None and ephemeral is not None,
+            }
+        if message is not None:
+            payload["message"] = message
+            blocks = message.get("blocks", [])
+        elif ephemeral is not None:
+            blocks = ephemeral.blocks
+        if container and container.get("type") == "view":
+            view = store.view(container["view_id"])
+            if view is not None:
+                payload["view"] = view
+                blocks = view.get("blocks", [])
+        payload["container"] = container or {}
+        if channel:
+            payload["channel"] = self._channel(channel)
+            payload["response_url"] = self.sandbox.issue_response_url(user, channel, message_ts)
+        payload["state"] = {"values": {}}
+        payload["actions"] = [
+            {
+                "type": "button",
+                "action_id": action_id,
+                "block_id": block_id or _block_id_of(blocks, action_id) or "sandbox",
+                "value": value,
+                "text": {"type": "plain_text", "text": action_id, "emoji": True},
+                "action_ts": f"{time.time():.6f}",
+            }
+        ]
+        if value is None:
+            payload["actions"][0].pop("value")
+        return await self._interactive(payload, **options)
+
+    async def submit_view(
+        self, user: str, view_id: str, values: dict[str, Any] | None = None, **options: Any
+    ) -> BotReply:
+        """Submit an open modal with `values` ({block_id: {action_id: {...}}}), as
+        `view.state.values`; applies the bot's `response_action` to the store."""
+        store = self.sandbox.store
+        view = store.view(view_id)
+        if view is None:
+            raise KeyError(f"no view {view_id} in the sandbox")
+        payload = self._base("view_submission", user)
+        payload["view"] = {**view, "state": {"values": values or {}}}
+        payload["response_urls"] = []
+        reply = await self._interactive(payload, **options)
+        if reply.status == 200:
+            answer = reply.json() if reply.body else {}
+            action = (answer or {}).get("response_action")
+            if action in (None, "clear"):
+                for open_view in store.views(user) if action == "clear" else [view]:
+                    store.close_view(open_view["id"])
+            elif action in ("update", "push") and isinstance(answer.get("view"), dict):
+                new = {**view, **answer["view"], "id": view_id}
+                if action == "push":
+                    new["id"] = store.next_id("V")
+                store.put_view(user, new)
+            elif action == "errors":
+                store.emit("view_errors", view_id=view_id, errors=answer.get("errors", {}))
+        return reply
+
+    async def message_shortcut(
+        self, user: str, channel: str, message_ts: str, callback_id: str, **options: Any
+    ) -> BotReply:
+        message = self.sandbox.store.message(channel, message_ts)
+        if message is None:
+            raise KeyError(f"no message {message_ts} in {channel}")
+        payload = self._base("message_action", user)
+        payload.update(
+            callback_id=callback_id,
+            action_ts=f"{time.time():.6f}",
+            message_ts=message_ts,
+            message=message,
+            channel=self._channel(channel),
+            response_url=self.sandbox.issue_response_url(user, channel),
+        )
+        return await self._interactive(payload, **options)
+
+    async def event(
+        self, event: dict[str, Any], *, event_id: str | None = None, **options: Any
+    ) -> BotReply:
+        """Deliver an Events API `event_callback` carrying `event`."""
+        envelope = {
+            "token": "sandbox-verification-token",
+            "team_id": TEAM_ID,
+            "api_app_id": APP_ID,
+            "event": {"event_ts": f"{time.time():.6f}", **event},
+            "type": "event_callback",
+            "event_id": event_id or "Ev" + secrets.token_hex(5).upper(),
+            "event_time": int(time.time()),
+            "authorizations": [
+                {
+                    "enterprise_id": None,
+                    "team_id": TEAM_ID,
+                    "user_id": BOT_USER_ID,
+                    "is_bot": True,
+                    "is_enterprise_install": False,
+                }
+            ],
+            "is_ext_shared_channel": False,
+        }
+        return await self.send(json.dumps(envelope), "application/json", **options)
+
+    async def home_opened(self, user: str, **options: Any) -> BotReply:
+        home = self.sandbox.store.home(user)
+        event: dict[str, Any] = {"type": "app_home_opened", "user": user, "tab": "home"}
+        event["channel"] = "D" + user[1:]
+        if home is not None:
+            event["view"] = home
+        return await self.event(event, **options)
+
+    async def mention(self, user: str, channel: str, text: str, **options: Any) -> BotReply:
+        """`user` writes `text` mentioning the bot in `channel` (stored, then sent as an
+        app_mention event)."""
+        store = self.sandbox.store
+        store.resolve_channel(channel)
+        ts = store.next_ts()
+        store.add_message(channel, {"type": "message", "user": user, "text": text, "ts": ts})
+        event = {"type": "app_mention", "user": user, "text": text, "ts": ts, "channel": channel}
+        return await self.event(event, **options)
+
+
+def _block_id_of(blocks: list[dict[str, Any]], action_id: str) -> str | None:
+    for block in blocks:
+        elements = list(block.get("elements") or [])
+        if isinstance(block.get("accessory"), dict):
+            elements.append(block["accessory"])
+        for element in elements:
+            if isinstance(element, dict) and element.get("action_id") == action_id:
+                return block.get("block_id")
+    return None

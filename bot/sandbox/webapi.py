@@ -1,0 +1,325 @@
+"""The Slack Web API methods the bot uses, answered from the in-memory store.
+
+Each method takes the parsed arguments (query, form and JSON merged, as Slack accepts them)
+and returns the response body, shaped as Slack's: `{"ok": true, ...}` or
+`{"ok": false, "error": "..."}`.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from bot.sandbox.limits import MAX_MESSAGE_BLOCKS, MAX_TEXT, block_errors
+from bot.sandbox.store import APP_ID, BOT_ID, BOT_USER_ID, TEAM_ID, Ephemeral, Store
+
+Body = dict[str, Any]
+Method = Callable[["WebApi", Body], Awaitable[Body]]
+
+
+def registrar(table: dict[str, Method]) -> Callable[[str], Callable[[Method], Method]]:
+    """A decorator `@method("chat.postMessage")` that records methods in `table`."""
+
+    def method(name: str) -> Callable[[Method], Method]:
+        def register(fn: Method) -> Method:
+            table[name] = fn
+            return fn
+
+        return register
+
+    return method
+
+
+METHODS: dict[str, Method] = {}  # messages, conversations, users (views: bot.sandbox.views)
+method = registrar(METHODS)
+
+
+def error(code: str, **extra: Any) -> Body:
+    return {"ok": False, "error": code, **extra}
+
+
+def _json_arg(value: Any) -> Any:
+    """Form-encoded calls carry blocks and views as JSON strings; JSON calls as objects."""
+    if isinstance(value, str):
+        try:
+            return json.loads(value)
+        except ValueError:
+            return None
+    return value
+
+
+def _flag(value: Any) -> bool:
+    return value in (True, "true", "True", "1", 1)
+
+
+class WebApi:
+    def __init__(
+        self, store: Store, base_url: Callable[[], str], methods: dict[str, Method]
+    ) -> None:
+        self.store = store
+        self.base_url = base_url
+        self.methods = methods
+
+    async def call(self, name: str, args: Body) -> Body:
+        fn = self.methods.get(name)
+        if fn is None:
+            return error("unknown_method")
+        return await fn(self, args)
+
+    # -- shared checks -----------------------------------------------------------------
+    def content_error(self, args: Body, max_blocks: int = MAX_MESSAGE_BLOCKS) -> Body | None:
+        text = args.get("text")
+        blocks = args.get("blocks")
+        if blocks is not None and not isinstance(blocks, list):
+            return error("invalid_blocks_format")
+        if not text and not blocks and not args.get("attachments"):
+            return error("no_text")
+        if text and len(str(text)) > MAX_TEXT:
+            return error("msg_too_long")
+        if blocks:
+            problems = block_errors(blocks, max_blocks)
+            if problems:
+                return error(
+                    "invalid_blocks", errors=problems, response_metadata={"messages": problems}
+                )
+        return None
+
+    def channel_for_write(self, ref: Any) -> tuple[dict[str, Any] | None, Body | None]:
+        if not ref:
+            return None, error("channel_not_found")
+        info = self.store.resolve_channel(str(ref))
+        if info is None:
+            return None, error("channel_not_found")
+        if info.get("is_archived"):
+            return None, error("is_archived")
+        return info, None
+
+    def bot_message(self, args: Body, ts: str) -> Body:
+        message: Body = {
+            "type": "message",
+            "user": BOT_USER_ID,
+            "bot_id": BOT_ID,
+            "app_id": APP_ID,
+            "team": TEAM_ID,
+            "text": str(args.get("text") or ""),
+            "ts": ts,
+            "bot_profile": {"id": BOT_ID, "app_id": APP_ID, "name": "crm-bot", "team_id": TEAM_ID},
+        }
+        if args.get("blocks"):
+            message["blocks"] = args["blocks"]
+        if args.get("metadata"):
+            message["metadata"] = args["metadata"]
+        return message
+
+    def user_info(self, user: str) -> Body | None:
+        info = self.store.users.get(user)
+        if info is None:
+            return None
+        real = info.get("real_name", info.get("name", user))
+        return {
+            "id": user,
+            "team_id": TEAM_ID,
+            "name": info.get("name", user.lower()),
+            "real_name": real,
+            "deleted": False,
+            "is_bot": False,
+            "tz": info.get("tz", "Europe/Berlin"),
+            "profile": {
+                "real_name": real,
+                "display_name": info.get("name", ""),
+                "title": info.get("dept", ""),
+                "team": TEAM_ID,
+            },
+        }
+
+
+def parse_json_args(args: Body, *keys: str) -> Body:
+    for key in keys:
+        if key in args:
+            args[key] = _json_arg(args[key])
+    return args
+
+
+@method("api.test")
+async def api_test(api: WebApi, args: Body) -> Body:
+    return {"ok": True, "args": {k: v for k, v in args.items() if k != "token"}}
+
+
+@method("auth.test")
+async def auth_test(api: WebApi, args: Body) -> Body:
+    return {
+        "ok": True,
+        "url": api.base_url() + "/",
+        "team": "CRM Sandbox",
+        "user": "crm-bot",
+        "team_id": TEAM_ID,
+        "user_id": BOT_USER_ID,
+        "bot_id": BOT_ID,
+        "app_id": APP_ID,
+        "is_enterprise_install": False,
+    }
+
+
+@method("chat.postMessage")
+async def chat_post_message(api: WebApi, args: Body) -> Body:
+    parse_json_args(args, "blocks", "metadata", "attachments")
+    info, err = api.channel_for_write(args.get("channel"))
+    if err:
+        return err
+    assert info is not None
+    err = api.content_error(args)
+    if err:
+        return err
+    ts = api.store.next_ts()
+    message = api.bot_message(args, ts)
+    thread_ts = args.get("thread_ts")
+    if thread_ts:
+        # Slack accepts a thread_ts that matches no message and simply posts the reply.
+        message["thread_ts"] = str(thread_ts)
+        message["parent_user_id"] = BOT_USER_ID
+        if _flag(args.get("reply_broadcast")):
+            message["subtype"] = "thread_broadcast"
+    api.store.add_message(info["id"], message)
+    return {"ok": True, "channel": info["id"], "ts": ts, "message": message}
+
+
+@method("chat.update")
+async def chat_update(api: WebApi, args: Body) -> Body:
+    parse_json_args(args, "blocks", "metadata", "attachments")
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None:
+        return error("channel_not_found")
+    message = api.store.message(info["id"], str(args.get("ts", "")))
+    if message is None:
+        return error("message_not_found")
+    if message.get("bot_id") != BOT_ID:
+        return error("cant_update_message")
+    if "text" not in args and "blocks" not in args:
+        return error("no_text")
+    err = api.content_error({"text": message["text"], **args})
+    if err:
+        return err
+    changes: Body = {}
+    if "text" in args:
+        changes["text"] = str(args["text"] or "")
+    if "blocks" in args:
+        changes["blocks"] = args["blocks"] or []
+    if args.get("metadata"):
+        changes["metadata"] = args["metadata"]
+    updated = api.store.update_message(info["id"], message["ts"], **changes)
+    assert updated is not None
+    return {
+        "ok": True,
+        "channel": info["id"],
+        "ts": updated["ts"],
+        "text": updated["text"],
+        "message": updated,
+    }
+
+
+@method("chat.delete")
+async def chat_delete(api: WebApi, args: Body) -> Body:
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None:
+        return error("channel_not_found")
+    if not api.store.delete_message(info["id"], str(args.get("ts", ""))):
+        return error("message_not_found")
+    return {"ok": True, "channel": info["id"], "ts": args["ts"]}
+
+
+@method("chat.postEphemeral")
+async def chat_post_ephemeral(api: WebApi, args: Body) -> Body:
+    parse_json_args(args, "blocks", "attachments")
+    info, err = api.channel_for_write(args.get("channel"))
+    if err:
+        return err
+    assert info is not None
+    user = str(args.get("user") or "")
+    if not user or (api.store.users and user not in api.store.users):
+        return error("user_not_found")
+    err = api.content_error(args)
+    if err:
+        return err
+    ts = api.store.next_ts()
+    api.store.add_ephemeral(
+        Ephemeral(
+            channel=info["id"],
+            user=user,
+            ts=ts,
+            text=str(args.get("text") or ""),
+            blocks=args.get("blocks") or [],
+            thread_ts=args.get("thread_ts"),
+        )
+    )
+    return {"ok": True, "message_ts": ts}
+
+
+@method("chat.getPermalink")
+async def chat_get_permalink(api: WebApi, args: Body) -> Body:
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None:
+        return error("channel_not_found")
+    ts = str(args.get("message_ts", ""))
+    if api.store.message(info["id"], ts) is None:
+        return error("message_not_found")
+    link = f"{api.base_url()}/archives/{info['id']}/p{ts.replace('.', '')}"
+    return {"ok": True, "channel": info["id"], "permalink": link}
+
+
+def _page(messages: list[Body], args: Body) -> Body:
+    limit = int(args.get("limit") or 100)
+    return {
+        "ok": True,
+        "messages": messages[:limit],
+        "has_more": len(messages) > limit,
+        "response_metadata": {"next_cursor": ""},
+    }
+
+
+@method("conversations.replies")
+async def conversations_replies(api: WebApi, args: Body) -> Body:
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None:
+        return error("channel_not_found")
+    thread = api.store.thread(info["id"], str(args.get("ts", "")))
+    if not thread:
+        return error("thread_not_found")
+    return _page(thread, args)
+
+
+@method("conversations.history")
+async def conversations_history(api: WebApi, args: Body) -> Body:
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None:
+        return error("channel_not_found")
+    oldest = float(args.get("oldest") or 0)
+    latest = float(args.get("latest") or time.time() + 86400)
+    found = [m for m in api.store.messages(info["id"]) if oldest <= float(m["ts"]) <= latest]
+    return _page(list(reversed(found)), args)  # newest first, as Slack answers
+
+
+@method("conversations.open")
+async def conversations_open(api: WebApi, args: Body) -> Body:
+    users = str(args.get("users") or "").split(",")
+    if len(users) != 1 or not users[0]:
+        return error("users_list_not_supplied" if not users[0] else "not_implemented")
+    if api.store.users and users[0] not in api.store.users:
+        return error("user_not_found")
+    info = api.store.open_dm(users[0])
+    return {"ok": True, "channel": {"id": info["id"]}}
+
+
+@method("users.info")
+async def users_info(api: WebApi, args: Body) -> Body:
+    user = api.user_info(str(args.get("user", "")))
+    return {"ok": True, "user": user} if user else error("user_not_found")
+
+
+@method("usergroups.users.list")
+async def usergroups_users_list(api: WebApi, args: Body) -> Body:
+    members = api.store.usergroups.get(str(args.get("usergroup", "")))
+    if members is None:
+        return error("no_such_subteam")
+    return {"ok": True, "users": list(members)}

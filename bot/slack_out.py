@@ -1,0 +1,374 @@
+"""Every Slack Web API call the bot makes goes through `SlackOut`.
+
+It paces posts per channel (Slack allows about one message per second per channel, after a
+short burst), keeps their order, lets slack_sdk's retry handlers deal with 429 (Retry-After),
+5xx and dropped connections, cuts text and Block Kit to Slack's limits, counts every call in
+`crm_slack_api_calls_total`, and turns a final failure into a `SlackError` with a kind from a
+short closed list, so the caller decides between retrying later and giving up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aiohttp
+from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.builtin_async_handlers import (
+    AsyncConnectionErrorRetryHandler,
+    AsyncRateLimitErrorRetryHandler,
+    AsyncServerErrorRetryHandler,
+)
+from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+from slack_sdk.http_retry.jitter import Jitter
+from slack_sdk.web.async_client import AsyncWebClient
+from slack_sdk.web.async_slack_response import AsyncSlackResponse
+
+from bot.metrics import slack_api_calls_total
+
+log = logging.getLogger(__name__)
+
+# -- Slack's limits ------------------------------------------------------------------------
+MAX_TEXT = 40_000
+MAX_BLOCKS = 50
+MAX_VIEW_BLOCKS = 100
+MAX_SECTION_TEXT = 3000
+MAX_HEADER_TEXT = 150
+MAX_BUTTON_TEXT = 75
+MAX_CONTEXT_TEXT = 2000
+MAX_CONTEXT_ELEMENTS = 10
+MAX_FIELDS = 10
+MAX_FIELD_TEXT = 2000
+ELLIPSIS = "…"
+
+# -- errors --------------------------------------------------------------------------------
+KINDS = frozenset(
+    {
+        "ratelimited",
+        "channel_not_found",
+        "is_archived",
+        "not_in_channel",
+        "message_not_found",
+        "invalid_auth",
+        "msg_too_long",
+        "invalid_blocks",
+        "server_error",
+        "connection_error",
+        "other",
+    }
+)
+TRANSIENT = frozenset({"ratelimited", "server_error", "connection_error"})
+_ALIASES = {
+    "not_authed": "invalid_auth",
+    "account_inactive": "invalid_auth",
+    "token_revoked": "invalid_auth",
+    "invalid_blocks_format": "invalid_blocks",
+    "internal_error": "server_error",
+    "fatal_error": "server_error",
+    "service_unavailable": "server_error",
+    "request_timeout": "server_error",
+}
+
+
+class SlackError(Exception):
+    """A Web API call that failed for good; `kind` is one of `KINDS`."""
+
+    def __init__(self, kind: str, method: str, detail: str = "") -> None:
+        self.kind = kind if kind in KINDS else "other"
+        self.method = method
+        self.detail = detail
+        super().__init__(f"{method}: {self.kind}" + (f" ({detail})" if detail else ""))
+
+    @property
+    def transient(self) -> bool:
+        return self.kind in TRANSIENT
+
+
+def error_kind(error: Exception) -> tuple[str, str]:
+    """(kind, Slack's own error code or exception name) for a failed call."""
+    if isinstance(error, SlackApiError):
+        response = error.response
+        status = getattr(response, "status_code", 200)
+        data = getattr(response, "data", None)
+        code = data.get("error", "") if isinstance(data, dict) else ""
+        if status == 429 or code == "ratelimited":
+            return "ratelimited", code or "429"
+        if status >= 500:
+            return "server_error", str(status)
+        kind = _ALIASES.get(code, code)
+        return (kind if kind in KINDS else "other"), code
+    if isinstance(error, aiohttp.ClientError | asyncio.TimeoutError | OSError):
+        return "connection_error", type(error).__name__
+    return "other", type(error).__name__
+
+
+class ProportionalJitter(Jitter):
+    """Adds up to 100% of the interval (slack_sdk's default adds up to a whole second)."""
+
+    def recalculate(self, duration: float) -> float:
+        return duration * (1.0 + random.random())
+
+
+def make_client(
+    token: str,
+    base_url: str = "https://slack.com/api/",
+    *,
+    max_retries: int = 3,
+    backoff: float = 0.5,
+    timeout: int = 30,
+) -> AsyncWebClient:
+    """An AsyncWebClient that retries 429 (after Retry-After), 500/503 and dropped connections,
+    `max_retries` times in all per call (slack_sdk counts retries across its handlers), 5xx
+    and connection errors with exponential backoff from `backoff` seconds."""
+    interval = BackoffRetryIntervalCalculator(backoff_factor=backoff, jitter=ProportionalJitter())
+    return AsyncWebClient(
+        token=token,
+        base_url=base_url,
+        timeout=timeout,
+        retry_handlers=[
+            AsyncRateLimitErrorRetryHandler(max_retry_count=max_retries),
+            AsyncServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
+            AsyncConnectionErrorRetryHandler(
+                max_retry_count=max_retries, interval_calculator=interval
+            ),
+        ],
+    )
+
+
+# -- cutting to Slack's limits -------------------------------------------------------------
+def cut(text: str, limit: int) -> str:
+    """`text` shortened to at most `limit` characters, ending in an ellipsis when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+
+
+def _cut_text_obj(obj: Any, limit: int) -> None:
+    if isinstance(obj, dict) and isinstance(obj.get("text"), str):
+        obj["text"] = cut(obj["text"], limit)
+
+
+def _fit_element(element: Any) -> None:
+    if isinstance(element, dict) and element.get("type") == "button":
+        _cut_text_obj(element.get("text"), MAX_BUTTON_TEXT)
+
+
+def _fit_block(block: dict[str, Any]) -> None:
+    kind = block.get("type")
+    if kind == "section":
+        _cut_text_obj(block.get("text"), MAX_SECTION_TEXT)
+        if isinstance(block.get("fields"), list):
+            block["fields"] = block["fields"][:MAX_FIELDS]
+            for f in block["fields"]:
+                _cut_text_obj(f, MAX_FIELD_TEXT)
+        _fit_element(block.get("accessory"))
+    elif kind == "header":
+        _cut_text_obj(block.get("text"), MAX_HEADER_TEXT)
+    elif kind == "context" and isinstance(block.get("elements"), list):
+        block["elements"] = block["elements"][:MAX_CONTEXT_ELEMENTS]
+        for e in block["elements"]:
+            _cut_text_obj(e, MAX_CONTEXT_TEXT)
+    elif kind == "actions":
+        for e in block.get("elements") or []:
+            _fit_element(e)
+
+
+def fit_blocks(blocks: list[dict[str, Any]], max_blocks: int = MAX_BLOCKS) -> list[dict[str, Any]]:
+    """A copy of `blocks` cut to Slack's limits; past `max_blocks`, the last one says how many
+    were left out."""
+    fitted = copy.deepcopy(blocks)
+    if len(fitted) > max_blocks:
+        left_out = len(fitted) - (max_blocks - 1)
+        fitted = fitted[: max_blocks - 1]
+        note = f"{ELLIPSIS} {left_out} more not shown"
+        fitted.append({"type": "context", "elements": [{"type": "mrkdwn", "text": note}]})
+    for block in fitted:
+        if isinstance(block, dict):
+            _fit_block(block)
+    return fitted
+
+
+def fallback_text(blocks: list[dict[str, Any]]) -> str:
+    """Plain text for notifications and screen readers, from the first block that has some."""
+    for block in blocks:
+        text = block.get("text") if isinstance(block, dict) else None
+        if isinstance(text, dict) and text.get("text"):
+            return str(text["text"])
+        for field in (block.get("fields") or []) if isinstance(block, dict) else []:
+            if isinstance(field, dict) and field.get("text"):
+                return str(field["text"])
+    return ""
+
+
+def fit_to_limits(
+    text: str | None, blocks: list[dict[str, Any]] | None, max_blocks: int = MAX_BLOCKS
+) -> tuple[str, list[dict[str, Any]] | None]:
+    """(text, blocks) cut to Slack's limits, with fallback text taken from the blocks when
+    `text` is empty. Pure: the arguments are not changed."""
+    fitted = fit_blocks(blocks, max_blocks) if blocks else blocks
+    plain = text or (fallback_text(fitted) if fitted else "")
+    return cut(plain, MAX_TEXT), fitted
+
+
+# -- pacing --------------------------------------------------------------------------------
+class _ChannelPacer:
+    """Token bucket for one channel; its lock also keeps that channel's posts in order."""
+
+    def __init__(self, interval: float, burst: int) -> None:
+        self.interval = interval
+        self.burst = burst
+        self.tokens = float(burst)
+        self.updated = time.monotonic()
+        self.lock = asyncio.Lock()
+
+    async def wait_turn(self) -> None:
+        """Call with `lock` held: returns when one more post fits the rate."""
+        now = time.monotonic()
+        self.tokens = min(float(self.burst), self.tokens + (now - self.updated) / self.interval)
+        self.updated = now
+        if self.tokens < 1.0:
+            await asyncio.sleep((1.0 - self.tokens) * self.interval)
+            self.tokens, self.updated = 1.0, time.monotonic()
+        self.tokens -= 1.0
+
+
+class SlackOut:
+    def __init__(
+        self, client: AsyncWebClient, per_channel_interval: float = 1.0, burst: int = 3
+    ) -> None:
+        self.client = client
+        self.per_channel_interval = per_channel_interval
+        self.burst = max(1, burst)
+        self._pacers: dict[str, _ChannelPacer] = {}
+
+    async def _call(
+        self, method: str, send: Callable[[], Awaitable[AsyncSlackResponse]]
+    ) -> dict[str, Any]:
+        try:
+            response = await send()
+        except Exception as exc:
+            kind, detail = error_kind(exc)
+            slack_api_calls_total.labels(method, kind).inc()
+            log.warning("Slack %s failed: %s (%s)", method, kind, detail)
+            raise SlackError(kind, method, detail) from exc
+        slack_api_calls_total.labels(method, "ok").inc()
+        return dict(response.data) if isinstance(response.data, dict) else {}
+
+    async def post(
+        self,
+        channel: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+        reply_broadcast: bool = False,
+        metadata: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """chat.postMessage, paced per channel; returns {"channel", "ts"}."""
+        text, blocks = fit_to_limits(text, blocks)
+        args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        if blocks:
+            args["blocks"] = blocks
+        if thread_ts:
+            args["thread_ts"] = thread_ts
+            if reply_broadcast:
+                args["reply_broadcast"] = True
+        if metadata:
+            args["metadata"] = metadata
+        send = lambda: self.client.chat_postMessage(**args)  # noqa: E731
+        if self.per_channel_interval <= 0:
+            data = await self._call("chat.postMessage", send)
+        else:
+            pacer = self._pacers.get(channel)
+            if pacer is None:
+                pacer = self._pacers[channel] = _ChannelPacer(self.per_channel_interval, self.burst)
+            async with pacer.lock:
+                await pacer.wait_turn()
+                data = await self._call("chat.postMessage", send)
+        return {"channel": data.get("channel", channel), "ts": data.get("ts", "")}
+
+    async def update(
+        self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        text, blocks = fit_to_limits(text, blocks)
+        args: dict[str, Any] = {"channel": channel, "ts": ts, "text": text}
+        if blocks is not None:
+            args["blocks"] = blocks
+        data = await self._call("chat.update", lambda: self.client.chat_update(**args))
+        return {"channel": data.get("channel", channel), "ts": data.get("ts", ts)}
+
+    async def ephemeral(
+        self,
+        channel: str,
+        user: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        thread_ts: str | None = None,
+    ) -> str:
+        """chat.postEphemeral; returns its message_ts."""
+        text, blocks = fit_to_limits(text, blocks)
+        args: dict[str, Any] = {"channel": channel, "user": user, "text": text}
+        if blocks:
+            args["blocks"] = blocks
+        if thread_ts:
+            args["thread_ts"] = thread_ts
+        data = await self._call(
+            "chat.postEphemeral", lambda: self.client.chat_postEphemeral(**args)
+        )
+        return str(data.get("message_ts", ""))
+
+    async def permalink(self, channel: str, ts: str) -> str:
+        data = await self._call(
+            "chat.getPermalink",
+            lambda: self.client.chat_getPermalink(channel=channel, message_ts=ts),
+        )
+        return str(data.get("permalink", ""))
+
+    @staticmethod
+    def _fit_view(view: dict[str, Any]) -> dict[str, Any]:
+        return {**view, "blocks": fit_blocks(view.get("blocks") or [], MAX_VIEW_BLOCKS)}
+
+    async def open_view(self, trigger_id: str, view: dict[str, Any]) -> dict[str, Any]:
+        """views.open; returns the opened view (with its `id`)."""
+        fitted = self._fit_view(view)
+        data = await self._call(
+            "views.open", lambda: self.client.views_open(trigger_id=trigger_id, view=fitted)
+        )
+        return dict(data.get("view") or {})
+
+    async def update_view(
+        self, view_id: str, view: dict[str, Any], hash: str | None = None
+    ) -> dict[str, Any]:
+        fitted = self._fit_view(view)
+        args: dict[str, Any] = {"view_id": view_id, "view": fitted}
+        if hash:
+            args["hash"] = hash
+        data = await self._call("views.update", lambda: self.client.views_update(**args))
+        return dict(data.get("view") or {})
+
+    async def publish_home(self, user: str, view: dict[str, Any]) -> dict[str, Any]:
+        fitted = self._fit_view(view)
+        data = await self._call(
+            "views.publish", lambda: self.client.views_publish(user_id=user, view=fitted)
+        )
+        return dict(data.get("view") or {})
+
+    async def dm(
+        self, user: str, text: str, blocks: list[dict[str, Any]] | None = None
+    ) -> dict[str, Any]:
+        """A direct message from the bot to `user` (conversations.open, then a paced post)."""
+        data = await self._call(
+            "conversations.open", lambda: self.client.conversations_open(users=user)
+        )
+        channel = str((data.get("channel") or {}).get("id", ""))
+        return await self.post(channel, text, blocks)
+
+    async def usergroup_members(self, usergroup: str) -> list[str]:
+        """The Slack user ids in a user group (usergroups.users.list)."""
+        data = await self._call(
+            "usergroups.users.list",
+            lambda: self.client.usergroups_users_list(usergroup=usergroup),
+        )
+        return [str(u) for u in data.get("users") or []]
