@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import uuid
 from dataclasses import dataclass
@@ -87,7 +86,7 @@ class BotService:
     async def _start_broker(self, deps: Deps) -> None:
         from storage import outbox
 
-        from .broker import Consumer, OutboxMessage, OutboxRelay
+        from .broker import Consumer, OutboxMessage, OutboxRelay, customer_partition_key
 
         handle, permanent = sync_handler(deps)
         t = self.tuning
@@ -98,7 +97,7 @@ class BotService:
             prefetch=t.prefetch,
             retry_delays=t.retry_delays,
             max_attempts=t.max_attempts,
-            partition_key=partition_key,
+            partition_key=customer_partition_key,
         )
 
         async def fetch():
@@ -168,10 +167,3 @@ class BotService:
         if self.deps is not None:
             await self.deps.db.close()
 
-
-def partition_key(body: bytes):
-    """Events of one customer are applied in the order they arrive."""
-    try:
-        return json.loads(body)["customer"]["external_id"]
-    except Exception:
-        return None

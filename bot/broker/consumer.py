@@ -1,0 +1,299 @@
+"""The sync-event consumer: bounded concurrency, per-partition order, retry and dead letters.
+
+Each delivery from crm-bot.sync ends in exactly one of:
+
+- handled: ``handle(body, attempt)`` returned, the message is acked;
+- dead: the body is not a UTF-8 JSON object, ``handle`` raised one of ``permanent_errors``, or
+  the last of ``max_attempts`` failed: a copy goes to crm.events.dlx (confirmed) with the reason
+  in ``x-crm-error``, then the original is acked;
+- retried: ``handle`` raised anything else: a copy with ``x-crm-attempt`` = n + 1 goes to the
+  retry queue for that attempt (confirmed), then the original is acked;
+- left for redelivery: when the copy cannot be published (broker gone) the original is not
+  acked; RabbitMQ delivers it again, and ``x-delivery-limit`` dead-letters it on the broker side
+  if that keeps happening.
+
+A copy may be published and the ack then lost with the connection, so a message can be handled
+twice: the handler is idempotent by event id. Message bodies never reach a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections import deque
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractExchange,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
+
+from bot import metrics
+from bot.broker.messages import (
+    copy_message,
+    header_int,
+    original_routing_key,
+    parse_object,
+    short_reason,
+)
+from bot.broker.topology import (
+    DLX,
+    H_ATTEMPT,
+    H_ATTEMPTS,
+    H_ERROR,
+    H_LAST_ERROR,
+    H_ROUTING_KEY,
+    RETRY_DELAYS,
+    Topology,
+    declare_topology,
+    retry_queue_name,
+)
+
+log = logging.getLogger(__name__)
+
+Handle = Callable[[bytes, int], Awaitable[None]]
+PartitionKey = Callable[[bytes], str | None]
+
+
+class Consumer:
+    def __init__(
+        self,
+        amqp_url: str,
+        handle: Handle,
+        *,
+        permanent_errors: tuple[type[Exception], ...] = (),
+        prefetch: int = 64,
+        retry_delays: tuple[float, ...] = RETRY_DELAYS,
+        max_attempts: int = 5,
+        partition_key: PartitionKey | None = None,
+        reconnect_interval: float = 2.0,
+        publish_timeout: float = 10.0,
+        drain_timeout: float = 30.0,
+    ) -> None:
+        if not retry_delays or max_attempts < 1 or prefetch < 1:
+            raise ValueError("need retry_delays, max_attempts >= 1 and prefetch >= 1")
+        self._url = amqp_url
+        self._handle = handle
+        self._permanent = permanent_errors
+        self._prefetch = prefetch
+        self._delays = tuple(retry_delays)
+        self._max_attempts = max_attempts
+        self._partition_key = partition_key
+        self._reconnect_interval = reconnect_interval
+        self._publish_timeout = publish_timeout
+        self._drain_timeout = drain_timeout
+        self._connection: AbstractRobustConnection | None = None
+        self._publish_channel: AbstractChannel | None = None
+        self._topology: Topology | None = None
+        self._dlx: AbstractExchange | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._partitions: dict[str, deque[AbstractIncomingMessage]] = {}
+        self.reconnects = 0  # how many times the connection was restored
+
+    @property
+    def connected(self) -> bool:
+        connection = self._connection
+        return connection is not None and not connection.is_closed and connection.connected.is_set()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        """Connect, declare the topology and start consuming; raises if the broker is down."""
+        self._connection = await aio_pika.connect_robust(
+            self._url, reconnect_interval=self._reconnect_interval
+        )
+        self._connection.close_callbacks.add(self._on_disconnect)
+        self._connection.reconnect_callbacks.add(self._on_reconnect)
+        # Copies are published on their own channel: a failed publish must not close the channel
+        # that holds the deliveries. on_return_raises: an unroutable copy is an error, not a loss.
+        self._publish_channel = await self._connection.channel(on_return_raises=True)
+        consume_channel = await self._connection.channel()
+        await consume_channel.set_qos(prefetch_count=self._prefetch)
+        # Declared on the robust consume channel, so a reconnect declares it all again before
+        # the consumer is restored.
+        self._topology = await declare_topology(consume_channel, retry_delays=self._delays)
+        self._queue = self._topology.queue
+        self._dlx = await self._publish_channel.get_exchange(DLX, ensure=False)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        metrics.broker_connected.set(1)
+        log.info("consuming %s (prefetch %d)", self._queue.name, self._prefetch)
+
+    async def stop(self) -> None:
+        """Stop taking deliveries, finish those in hand (up to drain_timeout), then close."""
+        if self._queue is not None and self._consumer_tag is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._queue.cancel(self._consumer_tag), timeout=5)
+        self._consumer_tag = None
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                log.warning("stop: %d deliveries left for redelivery", len(pending))
+                await asyncio.gather(*pending, return_exceptions=True)
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+        metrics.broker_connected.set(0)
+
+    def _on_disconnect(self, *_: Any) -> None:
+        metrics.broker_connected.set(0)
+        log.warning("broker connection lost; the robust connection reconnects")
+
+    def _on_reconnect(self, *_: Any) -> None:
+        self.reconnects += 1
+        metrics.broker_connected.set(1)
+        log.info("broker connection restored")
+
+    # Deliveries -------------------------------------------------------------------------------
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        # No await before the message is queued: deliveries are queued in arrival order.
+        key = self._key(message.body)
+        if key is None:
+            self._spawn(self._process(message))
+            return
+        backlog = self._partitions.get(key)
+        if backlog is not None:
+            backlog.append(message)
+            return
+        self._partitions[key] = deque([message])
+        self._spawn(self._run_partition(key))
+
+    def _key(self, body: bytes) -> str | None:
+        if self._partition_key is None:
+            return None
+        try:
+            return self._partition_key(body)
+        except Exception:
+            return None
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _run_partition(self, key: str) -> None:
+        backlog = self._partitions[key]
+        try:
+            while backlog:
+                await self._process(backlog[0])
+                backlog.popleft()
+        finally:
+            del self._partitions[key]
+
+    async def _process(self, message: AbstractIncomingMessage) -> None:
+        metrics.events_total.labels("consumed").inc()
+        attempt = header_int((message.headers or {}).get(H_ATTEMPT), 1)
+        if parse_object(message.body) is None:
+            await self._dead_letter(message, "body is not a UTF-8 JSON object", attempt)
+            return
+        try:
+            await self._handle(message.body, attempt)
+        except self._permanent as exc:
+            await self._dead_letter(message, short_reason(str(exc) or type(exc).__name__), attempt)
+        except Exception as exc:
+            reason = short_reason(f"{type(exc).__name__}: {exc}")
+            if attempt >= self._max_attempts:
+                await self._dead_letter(
+                    message, short_reason(f"gave up after {attempt} attempts: {reason}"), attempt
+                )
+            else:
+                await self._retry(message, attempt, reason)
+        else:
+            await self._settle(message)
+
+    async def _retry(self, message: AbstractIncomingMessage, attempt: int, reason: str) -> None:
+        delay = self._delays[min(attempt - 1, len(self._delays) - 1)]
+        copy = copy_message(
+            message,
+            set_headers={
+                H_ATTEMPT: attempt + 1,
+                H_ROUTING_KEY: original_routing_key(message),
+                H_LAST_ERROR: reason,
+            },
+        )
+        assert self._publish_channel is not None
+        exchange = self._publish_channel.default_exchange
+        if await self._publish_copy(message, exchange.publish(copy, retry_queue_name(delay))):
+            metrics.events_total.labels("retried").inc()
+            log.info(
+                "retrying message %s (attempt %d failed, next in %.1fs): %s",
+                message.message_id,
+                attempt,
+                delay,
+                reason.split(":", 1)[0],
+            )
+            await self._settle(message)
+
+    async def _dead_letter(
+        self, message: AbstractIncomingMessage, reason: str, attempt: int
+    ) -> None:
+        routing_key = original_routing_key(message)
+        copy = copy_message(
+            message,
+            set_headers={
+                H_ERROR: reason,
+                H_ATTEMPTS: attempt,
+                H_ROUTING_KEY: routing_key,
+            },
+            drop=(H_ATTEMPT, H_LAST_ERROR),
+        )
+        assert self._dlx is not None
+        if await self._publish_copy(message, self._dlx.publish(copy, routing_key)):
+            metrics.events_total.labels("dead_lettered").inc()
+            log.warning(
+                "dead-lettered message %s (%s, attempt %d)",
+                message.message_id,
+                routing_key,
+                attempt,
+            )
+            await self._settle(message)
+
+    async def _publish_copy(
+        self, message: AbstractIncomingMessage, publish: Coroutine[Any, Any, Any]
+    ) -> bool:
+        """Publish a copy with confirms; False leaves the original for redelivery."""
+        if _channel_lost(message):
+            # The delivery belongs to a lost channel: RabbitMQ delivers it again anyway.
+            publish.close()
+            return False
+        try:
+            await asyncio.wait_for(publish, timeout=self._publish_timeout)
+        except Exception as exc:
+            log.warning(
+                "could not publish a copy of message %s (%s); left for redelivery",
+                message.message_id,
+                type(exc).__name__,
+            )
+            with contextlib.suppress(Exception):
+                await message.nack(requeue=True)
+            return False
+        return True
+
+    async def _settle(self, message: AbstractIncomingMessage) -> None:
+        try:
+            await message.ack()
+        except Exception as exc:
+            log.info(
+                "ack of message %s lost (%s); it will be redelivered",
+                message.message_id,
+                type(exc).__name__,
+            )
+
+
+def _channel_lost(message: AbstractIncomingMessage) -> bool:
+    try:
+        return message.channel.is_closed
+    except Exception:  # aio-pika raises ChannelInvalidStateError for a closed channel
+        return True
