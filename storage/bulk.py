@@ -7,12 +7,13 @@ import uuid
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import insert, select
+from sqlalchemy import select
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .blind_index import index_rows, insert_index_rows
 from .crypto import encrypt_field
-from .customers import PERSONAL, PLAIN, CustomerRecord, Customers, clean_changes, index_rows
-from .models import BlindIndex, Customer, utcnow
+from .customers import PERSONAL, PLAIN, CustomerRecord, Customers, clean_changes
+from .models import Customer, utcnow
 from .vault import Vault
 
 
@@ -66,6 +67,6 @@ async def upsert_many(
         record = CustomerRecord(id=customer.id, external_id=ext, **values)
         new_index += index_rows(vault, customer.id, record)
     if new_customers:
-        await session.execute(insert(Customer), new_customers)
-        await session.execute(insert(BlindIndex), new_index)
+        await session.execute(Customer.__table__.insert(), new_customers)
+        await insert_index_rows(session, new_index)
     return len(new_customers), updated

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import hashlib
 import hmac
 import os
 import re
@@ -168,8 +167,8 @@ def index_terms(
         for word in words(text or ""):
             if len(word) < MIN_PREFIX:
                 continue
-            terms.add(("word", word))
-            for n in range(MIN_PREFIX, min(len(word), MAX_PREFIX) + 1):
+            terms.add(("word", word))  # the whole word; its shorter beginnings as prefixes
+            for n in range(MIN_PREFIX, min(len(word) - 1, MAX_PREFIX) + 1):
                 terms.add(("prefix", word[:n]))
     return terms
 
@@ -197,4 +196,4 @@ class BlindIndexer:
         ).derive(index_key)
 
     def digest(self, kind: str, term: str) -> bytes:
-        return hmac.new(self._key, f"{kind}\x00{term}".encode(), hashlib.sha256).digest()[:16]
+        return hmac.digest(self._key, f"{kind}\x00{term}".encode(), "sha256")[:16]

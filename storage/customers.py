@@ -11,10 +11,11 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, insert, select
+from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .crypto import decrypt_field, encrypt_field, index_terms, normalise_email, query_terms
+from .blind_index import index_rows, insert_index_rows
+from .crypto import decrypt_field, encrypt_field, normalise_email, query_terms
 from .models import BlindIndex, Customer, utcnow
 from .vault import Vault
 
@@ -197,13 +198,18 @@ class Customers:
             if name in values:
                 setattr(customer, name, values[name])
 
-    async def reindex(self, customer: Customer, record: CustomerRecord | None = None) -> None:
+    async def reindex(
+        self, customer: Customer, record: CustomerRecord | None = None, *, new: bool = False
+    ) -> None:
         """Replace the customer's blind-index rows with rows for its current values."""
         record = record or self.read(customer)
-        await self.session.execute(delete(BlindIndex).where(BlindIndex.customer_id == customer.id))
+        if not new:
+            await self.session.execute(
+                delete(BlindIndex).where(BlindIndex.customer_id == customer.id)
+            )
         rows = index_rows(self.vault, customer.id, record)
         if rows:
-            await self.session.execute(insert(BlindIndex), rows)
+            await insert_index_rows(self.session, rows)
 
     async def upsert(
         self,
@@ -225,7 +231,7 @@ class Customers:
             customer.source_clock = {source: stamp}
             self.session.add(customer)
             await self.session.flush()
-            await self.reindex(customer, self._record_from(customer, changes))
+            await self.reindex(customer, self._record_from(customer, changes), new=True)
             return UpsertResult(customer, created=True, applied=True, changed=set(changes))
         last = (customer.source_clock or {}).get(source)
         if last is not None and datetime.fromisoformat(last) > occurred_at:
@@ -287,23 +293,3 @@ class Customers:
                 source: occurred_at.isoformat(),
             }
         await self.session.flush()
-
-
-def index_rows(vault: Vault, customer_id: uuid.UUID, record: CustomerRecord) -> list[dict]:
-    terms = index_terms(
-        email=record.email,
-        phone=record.phone,
-        external_id=record.external_id,
-        texts=[record.name, record.company],
-    )
-    gen = vault.active_generation
-    indexer = vault.indexer
-    return [
-        {
-            "customer_id": customer_id,
-            "generation": gen,
-            "kind": kind,
-            "digest": indexer.digest(kind, term),
-        }
-        for kind, term in terms
-    ]

@@ -210,6 +210,8 @@ class Handoff(Base):
     requester_ts: Mapped[str | None] = mapped_column(String(32))
     claim_deadline: Mapped[datetime] = mapped_column(UTCDateTime, index=True)
     reminders_sent: Mapped[int] = mapped_column(Integer, default=0)
+    closed_by: Mapped[str | None] = mapped_column(String(32))  # who declined/completed/cancelled
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -272,14 +274,26 @@ class ProcessedEvent(Base):
 
 
 class AlertDelivery(Base):
-    """One row per (event, channel) an alert was posted to: redelivery never posts twice."""
+    """One row per (event, channel) an alert goes to, written `pending` in the transaction that
+    applies the event, then `posted` (with the message ts) once: redelivery never posts twice."""
 
     __tablename__ = "alert_deliveries"
 
     event_id: Mapped[str] = mapped_column(String(128), primary_key=True)
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE")
+    )
+    line_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # the alert text, customer key
+    placement: Mapped[str] = mapped_column(String(16), default="thread")
+    broadcast: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(12), default="pending")  # posted|failed|dropped
+    error: Mapped[str | None] = mapped_column(String(32))  # SlackError kind when failed
     ts: Mapped[str | None] = mapped_column(String(32))
-    posted_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_alert_deliveries_status", "status", "customer_id"),)
 
 
 class OutboxEvent(Base):

@@ -1,0 +1,196 @@
+"""What the sync consumer has done: processed events, the per-(event, channel) alert ledger,
+each customer's alert thread per channel, and timeline entries.
+
+Takes a session, never commits. The alert ledger is an outbox toward Slack: a row is written
+`pending` in the transaction that applies the event, and becomes `posted` (with the message's
+ts) in a transaction of its own right after the post. So a redelivered event posts nothing
+again, and an alert whose post failed is still there to post.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select, update
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from .models import (
+    AlertDelivery,
+    Customer,
+    CustomerThread,
+    ProcessedEvent,
+    TimelineEntry,
+    new_id,
+    utcnow,
+)
+from .vault import Vault
+
+PENDING, POSTED, FAILED, DROPPED = "pending", "posted", "failed", "dropped"
+
+DeliveryKey = tuple[str, str]  # (event id, channel id)
+
+
+# --- processed events -------------------------------------------------------------------------
+
+
+async def processed(session: AsyncSession, event_id: str) -> ProcessedEvent | None:
+    return await session.get(ProcessedEvent, event_id)
+
+
+def mark_processed(session: AsyncSession, event_id: str, type_: str, outcome: str) -> None:
+    """Recorded in the transaction that applies the event (the primary key refuses a second)."""
+    session.add(ProcessedEvent(event_id=event_id, type=type_, outcome=outcome))
+
+
+# --- timeline ---------------------------------------------------------------------------------
+
+
+def add_timeline(
+    session: AsyncSession,
+    vault: Vault,
+    customer: Customer,
+    *,
+    kind: str,
+    source: str,
+    occurred_at: datetime,
+    event_id: str,
+    summary: str | None,
+) -> TimelineEntry:
+    """A timeline entry; the summary sealed under the customer's key (None once erased)."""
+    entry = TimelineEntry(
+        id=new_id(),
+        customer_id=customer.id,
+        occurred_at=occurred_at,
+        kind=kind[:40],
+        source=source[:64],
+        event_id=event_id,
+    )
+    if customer.erased_at is None and summary:
+        entry.summary_ct = vault.seal(customer, "timeline", "summary", entry.id, summary)
+    session.add(entry)
+    return entry
+
+
+# --- alert ledger -----------------------------------------------------------------------------
+
+
+def line_row_id(event_id: str, channel_id: str) -> str:
+    """What an alert's sealed text is bound to (table, column and this id)."""
+    return f"{event_id}/{channel_id}"
+
+
+def add_alert(
+    session: AsyncSession,
+    vault: Vault,
+    customer: Customer,
+    *,
+    event_id: str,
+    channel_id: str,
+    line: str,
+    placement: str,
+    broadcast: bool,
+) -> AlertDelivery:
+    row = AlertDelivery(
+        event_id=event_id,
+        channel_id=channel_id,
+        customer_id=customer.id,
+        line_ct=vault.seal(
+            customer, "alert_deliveries", "line", line_row_id(event_id, channel_id), line
+        ),
+        placement=placement,
+        broadcast=broadcast,
+        status=PENDING,
+        created_at=utcnow(),
+    )
+    session.add(row)
+    return row
+
+
+def open_line(vault: Vault, customer: Customer, row: AlertDelivery) -> str | None:
+    """The alert's text; None once the customer is erased."""
+    rid = line_row_id(row.event_id, row.channel_id)
+    return vault.open(customer, "alert_deliveries", "line", rid, row.line_ct)
+
+
+async def pending_for(session: AsyncSession, customer_id: uuid.UUID) -> list[AlertDelivery]:
+    stmt = (
+        select(AlertDelivery)
+        .where(AlertDelivery.customer_id == customer_id, AlertDelivery.status == PENDING)
+        .order_by(AlertDelivery.created_at, AlertDelivery.event_id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def has_pending(session: AsyncSession, customer_id: uuid.UUID) -> bool:
+    stmt = select(func.count()).where(
+        AlertDelivery.customer_id == customer_id, AlertDelivery.status == PENDING
+    )
+    return bool((await session.execute(stmt)).scalar_one())
+
+
+async def customers_with_pending(session: AsyncSession, limit: int = 500) -> list[uuid.UUID]:
+    stmt = (
+        select(AlertDelivery.customer_id)
+        .where(AlertDelivery.status == PENDING)
+        .group_by(AlertDelivery.customer_id)
+        .order_by(func.min(AlertDelivery.created_at))
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def count_by_status(session: AsyncSession) -> dict[str, int]:
+    stmt = select(AlertDelivery.status, func.count()).group_by(AlertDelivery.status)
+    return {status: n for status, n in await session.execute(stmt)}
+
+
+async def settle(
+    session: AsyncSession,
+    keys: Sequence[DeliveryKey],
+    status: str,
+    *,
+    ts: str | None = None,
+    error: str | None = None,
+) -> int:
+    """Move pending rows to `status`; rows already settled are left alone. Returns how many."""
+    total = 0
+    for event_id, channel_id in keys:
+        result = await session.execute(
+            update(AlertDelivery)
+            .where(
+                AlertDelivery.event_id == event_id,
+                AlertDelivery.channel_id == channel_id,
+                AlertDelivery.status == PENDING,
+            )
+            .values(status=status, ts=ts, error=error, posted_at=utcnow())
+        )
+        total += result.rowcount or 0
+    return total
+
+
+# --- per-customer threads ---------------------------------------------------------------------
+
+
+async def threads_of(session: AsyncSession, customer_id: uuid.UUID) -> dict[str, CustomerThread]:
+    stmt = select(CustomerThread).where(CustomerThread.customer_id == customer_id)
+    return {t.channel_id: t for t in (await session.execute(stmt)).scalars()}
+
+
+def start_thread(
+    session: AsyncSession, customer_id: uuid.UUID, channel_id: str, thread_ts: str
+) -> CustomerThread:
+    thread = CustomerThread(customer_id=customer_id, channel_id=channel_id, thread_ts=thread_ts)
+    session.add(thread)
+    return thread
+
+
+async def forget_threads(
+    session: AsyncSession, customer_id: uuid.UUID, channels: Iterable[str]
+) -> None:
+    """Threads whose parent message is gone: the next alert starts a new one."""
+    for channel_id in channels:
+        thread = await session.get(CustomerThread, (customer_id, channel_id))
+        if thread is not None:
+            await session.delete(thread)

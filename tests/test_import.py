@@ -1,0 +1,101 @@
+"""`crm-bot import`: CSV and JSON Lines, upsert by external id, rejects with line numbers."""
+
+import json
+import os
+import subprocess
+import sys
+
+from storage.customers import Customers
+from tests.fixtures.db import KEY_LINE
+
+CSV = """external_id,name,email,phone,company,tier,lifecycle_stage,annual_value,notes
+C-1,Ada Lovelace,ada@example.com,+44 20 1234 5678,Analytical Engines,enterprise,customer,120000,"Prefers email, not calls"
+C-2,Alan Turing,alan@example.com,,Bletchley,gold,customer,1,
+,No Id,x@example.com,,,,,,
+C-3,Grace Hopper,grace@example.com,,Navy,smb,lead,-5,
+C-4,Katherine Johnson,katherine@example.com,,NASA,,prospect,,
+"""
+
+
+async def test_csv_import_upserts_and_rejects_with_line_numbers(db, vault, tmp_path):
+    from bot.importer import import_file
+
+    path = tmp_path / "customers.csv"
+    path.write_text(CSV)
+    report = await import_file(db, vault, path)
+    assert (report.created, report.updated) == (2, 0)
+    assert report.rejected == [
+        (3, "tier must be one of strategic, enterprise, mid_market, smb"),
+        (4, "external_id is required"),
+        (5, "annual_value must be a number of 0 or more"),
+    ]
+    async with db.transaction() as s:
+        found = await Customers(s, vault).search("lovelace")
+    assert [(r.external_id, r.notes, r.annual_value) for r in found] == [
+        ("C-1", "Prefers email, not calls", 120000)
+    ]
+
+    path.write_text("external_id,tier\nC-1,strategic\nC-4,\n")  # again: updates, absent fields kept
+    report = await import_file(db, vault, path)
+    assert (report.created, report.updated, report.rejected) == (0, 1, [])
+    async with db.transaction() as s:
+        record = Customers(s, vault).read(await Customers(s, vault).by_external_id("C-1"))
+    assert (record.tier, record.name) == ("strategic", "Ada Lovelace")
+
+
+async def test_jsonl_import(db, vault, tmp_path):
+    from bot.importer import import_file
+
+    lines = [
+        json.dumps(
+            {
+                "external_id": "J-1",
+                "name": "Zoë Ångström",
+                "email": "zoe@example.com",
+                "annual_value": 5000,
+            }
+        ),
+        "{not json",
+        json.dumps(["a", "list"]),
+        json.dumps({"external_id": "J-2", "name": "x" * 201}),
+        "",
+        json.dumps({"external_id": "J-3", "company": "Optics AB", "unknown_field": 1}),
+    ]
+    path = tmp_path / "customers.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    report = await import_file(db, vault, path)
+    assert report.created == 2
+    assert [n for n, _ in report.rejected] == [2, 3, 4]
+    assert "not JSON" in report.rejected[0][1] and "longer than 200" in report.rejected[2][1]
+    async with db.transaction() as s:
+        assert [r.external_id for r in await Customers(s, vault).search("angstrom")] == ["J-1"]
+
+
+def test_import_command_end_to_end(tmp_path):
+    (tmp_path / "c.csv").write_text(CSV)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CRM_", "DATABASE_"))}
+    env.update(CRM_MASTER_KEYS=KEY_LINE, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+
+    def crm(*args):
+        return subprocess.run(
+            [sys.executable, "-m", "bot", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+            timeout=60,
+        )
+
+    assert crm("import", "c.csv").returncode == 2  # not migrated yet: says so
+    assert crm("migrate").returncode == 0
+    result = crm("import", "c.csv")
+    assert result.returncode == 0, result.stderr
+    assert "line 3: tier must be one of" in result.stdout
+    assert result.stdout.strip().endswith("created 2, updated 0, rejected 3")
+    missing = crm("import", "nope.csv")
+    assert missing.returncode == 2 and "no such file: nope.csv" in missing.stderr
+    (tmp_path / "c.xlsx").write_text("x")
+    wrong = crm("import", "c.xlsx")
+    assert wrong.returncode == 2 and "use a .csv or .jsonl file" in wrong.stderr
+    for secret in ("Ada Lovelace", "ada@example.com", "Prefers email"):
+        assert secret not in result.stdout + result.stderr
