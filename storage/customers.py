@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import case, delete, func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .blind_index import index_rows, insert_index_rows
@@ -130,62 +130,62 @@ class Customers:
         return record
 
     async def search(self, text: str, limit: int = 10) -> list[CustomerRecord]:
-        """Exact email/phone/external id first, then customers matching every word (whole words
-        ahead of prefixes)."""
+        """Exact email/phone/external id matches first, then customers matching every word of
+        the text (whole words ahead of prefixes). Ranking runs in the database, so the cost
+        stays flat as the table grows."""
         exact, words_ = query_terms(text)
-        if not exact and not words_:
+        scores: dict[uuid.UUID, int] = {}
+        for cid, _, _ in await self._lookup(exact):
+            scores[cid] = scores.get(cid, 0) + 1000
+        if words_ and "@" not in text and len(scores) < limit:
+            for cid, score in await self._word_matches(words_, limit * 2):
+                scores[cid] = scores.get(cid, 0) + score
+        if not scores:
             return []
-        terms = list(exact)
-        for word in words_:
-            terms += [("word", word), ("prefix", word)]
-        hits = await self._lookup(terms)
-        by_digest_word: dict[tuple[str, str], set[uuid.UUID]] = {}
-        for cid, kind, term in hits:
-            by_digest_word.setdefault((kind, term), set()).add(cid)
-        scores: dict[uuid.UUID, float] = {}
-        for kind, term in exact:
-            for cid in by_digest_word.get((kind, term), ()):
-                scores[cid] = scores.get(cid, 0) + 1000
-        if words_:
-            sets = []
-            for word in words_:
-                whole = by_digest_word.get(("word", word), set())
-                prefix = by_digest_word.get(("prefix", word), set())
-                sets.append((whole, whole | prefix))
-            common = set.intersection(*(s for _, s in sets))
-            for cid in common:
-                scores[cid] = scores.get(cid, 0) + sum(2 if cid in w else 1 for w, _ in sets)
-        ranked = sorted(scores, key=lambda c: -scores[c])[: limit * 2]
-        if not ranked:
-            return []
-        rows = (
-            (await self.session.execute(select(Customer).where(Customer.id.in_(ranked))))
-            .scalars()
-            .all()
-        )
-        records = [self.read(c) for c in rows if c.erased_at is None]
+        ranked = sorted(scores, key=lambda c: -scores[c])[:limit]
+        rows = await self.session.execute(select(Customer).where(Customer.id.in_(ranked)))
+        records = [self.read(c) for c in rows.scalars() if c.erased_at is None]
         records.sort(key=lambda r: (-scores[r.id], (r.name or "").casefold(), r.external_id))
         return records[:limit]
 
+    def _digests(self, terms: list[tuple[str, str]]) -> dict[bytes, tuple[str, str]]:
+        """Digests of terms under every index generation (a re-index may be under way)."""
+        return {
+            indexer.digest(kind, term): (kind, term)
+            for indexer in self.vault.indexers.values()
+            for kind, term in terms
+        }
+
     async def _lookup(self, terms: list[tuple[str, str]]):
-        """Blind-index hits as (customer_id, kind, term), over every index generation."""
-        digests: dict[bytes, tuple[str, str]] = {}
-        for indexer in self.vault.indexers.values():
-            for kind, term in terms:
-                digests[indexer.digest(kind, term)] = (kind, term)
+        """Blind-index hits as (customer_id, kind, term)."""
+        digests = self._digests(terms)
         if not digests:
             return []
         rows = await self.session.execute(
-            select(BlindIndex.customer_id, BlindIndex.kind, BlindIndex.digest).where(
+            select(BlindIndex.customer_id, BlindIndex.digest).where(
                 BlindIndex.digest.in_(list(digests))
             )
         )
-        out = []
-        for cid, kind, digest in rows:
-            want_kind, term = digests[bytes(digest)]
-            if kind == want_kind:
-                out.append((cid, kind, term))
-        return out
+        return [(cid, *digests[bytes(digest)]) for cid, digest in rows]
+
+    async def _word_matches(self, words_: list[str], limit: int) -> list[tuple[uuid.UUID, int]]:
+        """Customers with every word (as a whole word: 2 points, as a prefix: 1), best first."""
+        weight, group = {}, {}
+        for n, word in enumerate(words_):
+            for kind, points in (("word", 2), ("prefix", 1)):
+                for digest in self._digests([(kind, word)]):
+                    weight[digest], group[digest] = points, n
+        score = func.sum(case(weight, value=BlindIndex.digest, else_=0))
+        groups = func.count(func.distinct(case(group, value=BlindIndex.digest)))
+        stmt = (
+            select(BlindIndex.customer_id, score)
+            .where(BlindIndex.digest.in_(list(weight)))
+            .group_by(BlindIndex.customer_id)
+            .having(groups == len(words_))
+            .order_by(score.desc())
+            .limit(limit)
+        )
+        return [(cid, int(points)) for cid, points in await self.session.execute(stmt)]
 
     # --- writing ---
 

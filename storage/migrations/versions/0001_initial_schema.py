@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 20:58:46.568072
+Create Date: 2026-11-25 21:09:33.493987
 """
 
 import sqlalchemy as sa
@@ -156,7 +156,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('blind_index', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_blind_index_customer_id'), ['customer_id'], unique=False)
-        batch_op.create_index('ix_blind_index_digest', ['digest'], unique=False)
+        batch_op.create_index('ix_blind_index_digest', ['digest', 'customer_id'], unique=False)
 
     op.create_table('customer_threads',
     sa.Column('customer_id', sa.Uuid(), nullable=False),
