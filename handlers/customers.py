@@ -1,5 +1,303 @@
-"""Placeholder: replaced by the customers capability."""
+"""Finding and seeing customers: `/crm find`, `/crm show`, the card's `Open` and
+`Share to channel` buttons, and `@crm-bot <email or external id>` mentions.
+
+The full card goes only to the person who asked (ephemeral); what lands in a channel is the
+redacted card (name, company, tier, stage, owner), so personal data does not spread.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+
+from slack_bolt.async_app import AsyncApp
+from sqlalchemy import delete, select
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from bot.blocks import customers as cards
+from bot.blocks import reply
+from bot.slack_out import SlackError, fit_to_limits
+from storage import audit, shared_cards
+from storage.crypto import CryptoError
+from storage.customers import CustomerRecord, Customers
+from storage.models import Approval, Customer, Handoff, SlackRequest, TimelineEntry
+from storage.slack_requests import first_time
+
+from .commands import Command, CommandRouter, clean_text, run_safely
+from .deps import Deps
+from .errors import NotFound, UserError
+
+log = logging.getLogger(__name__)
+
+MAX_QUERY = 200
+TIMELINE_ENTRIES = 5
+OPEN_HANDOFF = ("requested", "accepted")
+PUNCTUATION = ".,;:!?()[]\"'"
+MENTION = re.compile(r"<[@!#][^<>]*>")
+MENTION_HINT = (
+    "Mention me with a customer's email address or external id, e.g. `@crm-bot ada@example.com`;"
+    " `/crm find <text>` searches by name or company."
+)
 
 
-def register(app, deps, router) -> None:
-    pass
+# --- rules (plain functions) -----------------------------------------------------------------
+
+
+def search_text(args: str) -> str:
+    """The text of `/crm find`, or a UserError with the one-line answer."""
+    text = " ".join(args.split())
+    if not text:
+        raise UserError("Usage: `/crm find <text>` (an email, phone, external id or name words)")
+    if len(text) > MAX_QUERY:
+        raise UserError(f"That search is too long (at most {MAX_QUERY} characters).")
+    return text
+
+
+def customer_ref(args: str, usage: str = "show <customer>") -> str:
+    ref = args.strip()
+    if not ref:
+        raise UserError(f"Usage: `/crm {usage}` (an email address or an external id)")
+    if len(ref) > 254 or len(ref.split()) > 1:
+        raise UserError("`<customer>` is one email address or external id.")
+    return ref
+
+
+def mention_refs(text: str) -> list[str]:
+    """Candidate customer references in a mention's text: email addresses first, then the
+    other words (as external ids); mentions of people, channels and the bot are skipped."""
+    words = clean_text(MENTION.sub(" ", text or "")).split()
+    words = [w.strip(PUNCTUATION) for w in words]
+    emails = [w for w in words if "@" in w]
+    others = [w for w in words if "@" not in w]
+    return [w for w in dict.fromkeys([*emails, *others]) if w and len(w) <= 128][:10]
+
+
+def not_found(ref: str) -> NotFound:
+    shown = cards.esc(cards.clip(ref, 60))
+    return NotFound(f"No customer `{shown}`. Try `/crm find <text>` to search.")
+
+
+def parse_id(value: str | None) -> uuid.UUID | None:
+    try:
+        return uuid.UUID(str(value))
+    except (TypeError, ValueError):
+        return None
+
+
+# --- reading a card --------------------------------------------------------------------------
+
+
+@dataclass
+class Card:
+    record: CustomerRecord
+    timeline: list[cards.TimelineItem]
+    handoffs: list[cards.HandoffItem]
+    approvals: list[cards.ApprovalItem]
+
+    def full(self) -> dict:
+        text, blocks = cards.full_card(
+            self.record, timeline=self.timeline, handoffs=self.handoffs, approvals=self.approvals
+        )
+        return answer(text, blocks)
+
+
+def answer(text: str, blocks: list | None = None) -> dict:
+    """An ephemeral reply cut to Slack's limits (response_url posts bypass SlackOut)."""
+    text, blocks = fit_to_limits(text, blocks)
+    return reply(text, blocks)
+
+
+async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Card:
+    repo = Customers(session, deps.vault)
+    record = repo.read(customer)
+    entries = (
+        await session.execute(
+            select(TimelineEntry)
+            .where(TimelineEntry.customer_id == customer.id)
+            .order_by(TimelineEntry.occurred_at.desc())
+            .limit(TIMELINE_ENTRIES)
+        )
+    ).scalars()
+    timeline = [
+        cards.TimelineItem(e.occurred_at, e.kind, e.source, _open_summary(deps, customer, e))
+        for e in entries
+    ]
+    handoffs = (
+        await session.execute(
+            select(Handoff)
+            .where(Handoff.customer_id == customer.id, Handoff.status.in_(OPEN_HANDOFF))
+            .order_by(Handoff.created_at.desc())
+            .limit(10)
+        )
+    ).scalars()
+    approvals = (
+        await session.execute(
+            select(Approval)
+            .where(Approval.customer_id == customer.id, Approval.status == "pending")
+            .order_by(Approval.created_at.desc())
+            .limit(10)
+        )
+    ).scalars()
+    return Card(
+        record,
+        timeline,
+        [
+            cards.HandoffItem(h.to_department, h.status, h.requested_by, h.created_at)
+            for h in handoffs
+        ],
+        [
+            cards.ApprovalItem(a.kind, a.amount, a.unit, a.department, a.requested_by)
+            for a in approvals
+        ],
+    )
+
+
+def _open_summary(deps: Deps, customer: Customer, entry: TimelineEntry) -> str | None:
+    try:
+        return deps.vault.open(customer, "timeline", "summary", entry.id, entry.summary_ct)
+    except CryptoError:
+        log.warning("timeline entry %s does not decrypt", entry.id)
+        return None
+
+
+async def card_by_ref(deps: Deps, ref: str) -> Card:
+    async with deps.db.transaction() as session:
+        customer = await Customers(session, deps.vault).by_ref(ref)
+        if customer is None:
+            raise not_found(ref)
+        return await load_card(deps, session, customer)
+
+
+async def card_by_id(deps: Deps, customer_id: uuid.UUID | None) -> Card:
+    async with deps.db.transaction() as session:
+        customer = await Customers(session, deps.vault).get(customer_id) if customer_id else None
+        if customer is None or customer.erased_at is not None:
+            raise NotFound("That customer is no longer on record.")
+        return await load_card(deps, session, customer)
+
+
+# --- /crm find, /crm show --------------------------------------------------------------------
+
+
+async def find(deps: Deps, cmd: Command) -> dict:
+    text = search_text(cmd.args)
+    async with deps.db.transaction() as session:
+        repo = Customers(session, deps.vault)
+        exact = await repo.by_ref(text) if " " not in text else None
+        # an email or external id names one customer: skip the word search (an email's words,
+        # like `example` and `com`, would match half the customers)
+        records = [repo.read(exact)] if exact else await repo.search(text, limit=10)
+    log.info("/crm find by %s: %d matches", cmd.user, len(records))
+    return answer(*cards.search_results(text, records))
+
+
+async def show(deps: Deps, cmd: Command) -> dict:
+    card = await card_by_ref(deps, customer_ref(cmd.args))
+    log.info("/crm show by %s: customer %s", cmd.user, card.record.id)
+    return card.full()
+
+
+# --- buttons and mentions --------------------------------------------------------------------
+
+
+async def share(deps: Deps, user_id: str, channel: str | None, value: str | None, key: str):
+    """Post the redacted card in `channel` and remember it; one effect per click."""
+    if not channel:
+        raise UserError("Open the card in a channel to share it there.")
+    customer_id = parse_id(value)
+    async with deps.db.transaction() as session:
+        customer = await Customers(session, deps.vault).get(customer_id) if customer_id else None
+        if customer is None or customer.erased_at is not None:
+            raise NotFound("That customer is no longer on record.")
+        if not await first_time(session, key):
+            return answer(f"This card is already shared in <#{channel}>.")
+        record = Customers(session, deps.vault).read(customer)
+    text, blocks = cards.redacted_card(record)
+    try:
+        posted = await deps.slack.post(channel, text, blocks)
+    except SlackError as exc:
+        async with deps.db.transaction() as session:  # let the person try again
+            await session.execute(delete(SlackRequest).where(SlackRequest.key == key[:128]))
+        raise UserError(f"I could not post in this channel ({exc.kind}).") from None
+    async with deps.db.transaction() as session:
+        customer = await session.get(Customer, record.id)
+        shared_cards.remember(session, record.id, posted["channel"], posted["ts"], user_id)
+        await audit.append(
+            session,
+            actor=user_id,
+            action="customer.card_shared",
+            entity_type="customer",
+            entity_id=record.id,
+            customer=customer,
+            data={"channel": posted["channel"], "ts": posted["ts"]},
+        )
+    log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
+    return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")
+
+
+async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
+    """The answer to `@crm-bot <email or external id>`: the redacted card, or a hint."""
+    refs = mention_refs(event.get("text", ""))
+    if not refs:
+        return MENTION_HINT, None
+    async with deps.db.transaction() as session:
+        repo = Customers(session, deps.vault)
+        for ref in refs:
+            customer = await repo.by_ref(ref)
+            if customer is not None:
+                return cards.redacted_card(repo.read(customer))
+    return f"I found no customer for that. {MENTION_HINT}", None
+
+
+def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
+    router.add("find", find, "find <text>", "search by email, phone, external id, name or company")
+    router.add("show", show, "show <customer>", "the full customer card, only to you")
+
+    async def ack_only(ack):
+        await ack()
+
+    async def open_card(body, respond):
+        user_id = body["user"]["id"]
+        value = (body.get("actions") or [{}])[0].get("value")
+        card = await run_safely(f"{cards.OPEN} click", _full_by_id(deps, value))
+        log.info("customer_open by %s", user_id)
+        if card:
+            await respond(**card, replace_original=False)
+
+    async def share_card(body, respond):
+        user_id = body["user"]["id"]
+        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
+            "channel_id"
+        )
+        action = (body.get("actions") or [{}])[0]
+        container = body.get("container") or {}
+        key = f"share:{action.get('value')}:{channel}:{container.get('message_ts')}:{user_id}"
+        result = await run_safely(
+            f"{cards.SHARE} click", share(deps, user_id, channel, action.get("value"), key)
+        )
+        if result:
+            await respond(**result, replace_original=False)
+
+    async def on_mention(event, body):
+        channel, ts = event.get("channel"), event.get("ts")
+        if not channel or not ts or event.get("bot_id"):
+            return
+        async with deps.db.transaction() as session:
+            if not await first_time(session, f"mention:{channel}:{ts}"):
+                return  # a retried delivery
+        try:
+            text, blocks = await mention(deps, event)
+        except Exception:
+            log.exception("app_mention in %s failed", channel)
+            text, blocks = "Sorry, that did not work; please try again.", None
+        await deps.slack.post(channel, text, blocks, thread_ts=event.get("thread_ts") or ts)
+
+    app.action(cards.OPEN)(ack=ack_only, lazy=[open_card])
+    app.action(cards.SHARE)(ack=ack_only, lazy=[share_card])
+    app.event("app_mention")(ack=ack_only, lazy=[on_mention])
+
+
+async def _full_by_id(deps: Deps, value: str | None) -> dict:
+    return (await card_by_id(deps, parse_id(value))).full()

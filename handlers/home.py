@@ -1,9 +1,52 @@
-"""Placeholder: replaced by the App Home capability."""
+"""The App Home tab, published when a person opens it and whenever another module calls
+`publish_home(deps, user)` (a handoff or approval of theirs changed)."""
+
+from __future__ import annotations
+
+import logging
+
+from slack_bolt.async_app import AsyncApp
+
+from bot.blocks.home import home_view
+from bot.slack_out import SlackError
+
+from .deps import Deps
+
+log = logging.getLogger(__name__)
 
 
-def register(app, deps) -> None:
-    pass
+async def publish_home(deps: Deps, user: str) -> None:
+    """Build and publish `user`'s home tab. Never raises for a section that fails: the tab
+    says what could not be loaded, and the failure is logged."""
+    from . import approvals, handoffs  # they call publish_home too: import late
+
+    problems: list[str] = []
+    parts = []
+    for name, module in (("handoffs", handoffs), ("approvals", approvals)):
+        try:
+            parts.append(list(await module.home_section(deps, user)))
+        except Exception:
+            log.exception("home section %s failed for %s", name, user)
+            problems.append(name)
+            parts.append([])
+    try:
+        departments = [d.name for d in await deps.directory.departments_of(user)]
+    except SlackError:
+        departments = []
+    view = home_view(departments, parts[0], parts[1], problems=problems)
+    await deps.slack.publish_home(user, view)
 
 
-async def publish_home(deps, user: str) -> None:
-    pass
+def register(app: AsyncApp, deps: Deps) -> None:
+    async def ack_only(ack):
+        await ack()
+
+    async def opened(event):
+        if event.get("tab", "home") != "home" or not event.get("user"):
+            return
+        try:
+            await publish_home(deps, event["user"])
+        except SlackError as exc:
+            log.warning("home tab of %s not published: %s", event["user"], exc.kind)
+
+    app.event("app_home_opened")(ack=ack_only, lazy=[opened])
