@@ -184,11 +184,7 @@ async def card_by_id(deps: Deps, customer_id: uuid.UUID | None) -> Card:
 async def find(deps: Deps, cmd: Command) -> dict:
     text = search_text(cmd.args)
     async with deps.db.transaction() as session:
-        repo = Customers(session, deps.vault)
-        exact = await repo.by_ref(text) if " " not in text else None
-        # an email or external id names one customer: skip the word search (an email's words,
-        # like `example` and `com`, would match half the customers)
-        records = [repo.read(exact)] if exact else await repo.search(text, limit=10)
+        records = await Customers(session, deps.vault).search(text, limit=10)
     log.info("/crm find by %s: %d matches", cmd.user, len(records))
     return answer(*cards.search_results(text, records))
 
