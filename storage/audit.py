@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .crypto import CryptoError
 from .models import AuditEntry, Customer, utcnow
 from .vault import Vault
 
@@ -86,28 +87,34 @@ class Verdict:
     checked: int
     bad_seq: int | None = None
     problem: str | None = None
+    head: str | None = None  # the last entry's hash, for auditors to note and compare later
 
     def __str__(self) -> str:
         if self.ok:
-            return (
-                "empty: no audit entries yet"
-                if self.checked == 0
-                else (f"ok: {self.checked} entries, chain intact")
-            )
+            if self.checked == 0:
+                return "empty: no audit entries yet"
+            return f"ok: {self.checked} entries, chain intact (last hash {self.head})"
         return f"broken at entry {self.bad_seq}: {self.problem} ({self.checked} entries checked)"
 
 
 async def verify(session: AsyncSession, batch: int = 2000) -> Verdict:
+    """Walk the chain in order and name the first entry that breaks it: one whose own hash does
+    not match its content (edited), a gap in the sequence (removed), or one that does not
+    follow the entry before it (reordered, or rewritten along with its hash).
+
+    A chain cannot show entries removed from its end: compare the reported last hash with one
+    noted earlier for that."""
     prev_hash, expected, checked = GENESIS, 1, 0
     async for entry in _entries(session, batch):
         if entry.seq != expected:
-            return Verdict(False, checked, expected, f"entry {expected} is missing or moved")
+            return Verdict(False, checked, expected, f"entry {expected} is missing")
         if entry.prev_hash != prev_hash:
-            return Verdict(False, checked, entry.seq, "does not follow the previous entry")
+            problem = "it does not follow the previous entry (moved, or one of them rewritten)"
+            return Verdict(False, checked, entry.seq, problem)
         if entry_hash(entry) != entry.hash:
             return Verdict(False, checked, entry.seq, "its content was changed")
         prev_hash, expected, checked = entry.hash, expected + 1, checked + 1
-    return Verdict(True, checked)
+    return Verdict(True, checked, head=prev_hash if checked else None)
 
 
 async def _entries(session: AsyncSession, batch: int, since: datetime | None = None):
@@ -137,7 +144,12 @@ async def export(
                 keys[entry.customer_id] = await session.get(Customer, entry.customer_id)
             customer = keys[entry.customer_id]
             if customer is not None:
-                details = vault.open(customer, "audit_log", "details", entry.seq, entry.details_ct)
+                try:
+                    details = vault.open(
+                        customer, "audit_log", "details", entry.seq, entry.details_ct
+                    )
+                except CryptoError:  # tampered with: `audit verify` names the entry
+                    details = None
         yield {
             "seq": entry.seq,
             "at": entry.at.isoformat(),

@@ -1,0 +1,167 @@
+"""The audit log's hash chain: `verify` passes on a clean log and names the first entry broken
+by an UPDATE, a DELETE or a swap done straight in the database; `export` writes JSON lines.
+On SQLite and PostgreSQL; the CLI is run once as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from datetime import timedelta
+
+import pytest
+from sqlalchemy import text, update
+
+from storage import audit
+from storage.customers import Customers
+from storage.models import utcnow
+
+from .fixtures.db import KEY_LINE
+
+ENTRIES = 5
+
+
+@pytest.fixture
+async def chain(db, vault):
+    """Five entries, the odd ones about a customer with encrypted details."""
+    async with db.transaction() as session:
+        customer = (
+            await Customers(session, vault).upsert(
+                "C-1", {"name": "Ada"}, source="test", occurred_at=utcnow()
+            )
+        ).customer
+    for i in range(1, ENTRIES + 1):
+        async with db.transaction() as session:
+            await audit.append(
+                session,
+                actor="U0GRACE01",
+                action="approval.approved" if i % 2 else "handoff.accepted",
+                entity_type="approval",
+                entity_id=f"id-{i}",
+                customer=customer if i % 2 else None,
+                data={"step": i, "amount": "1200.50", "unit": "EUR"},
+                details=f"reason number {i}" if i % 2 else None,
+                vault=vault,
+            )
+    return db
+
+
+async def verdict(db) -> audit.Verdict:
+    async with db.transaction() as session:
+        return await audit.verify(session)
+
+
+async def sql(db, *statements: str) -> None:
+    async with db.engine.begin() as conn:
+        for statement in statements:
+            await conn.execute(text(statement))
+
+
+async def test_clean_log_verifies(chain):
+    result = await verdict(chain)
+    assert result.ok and result.checked == ENTRIES and result.bad_seq is None
+    assert str(result).startswith(f"ok: {ENTRIES} entries, chain intact")
+
+
+async def test_empty_log_verifies(db):
+    result = await verdict(db)
+    assert result.ok and str(result) == "empty: no audit entries yet"
+
+
+@pytest.mark.parametrize(
+    ("tamper", "bad", "problem"),
+    [
+        ("UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 3", 3, "content was changed"),
+        ("UPDATE audit_log SET action = 'approval.rejected' WHERE seq = 2", 2, "content"),
+        ("UPDATE audit_log SET entity_id = 'id-9' WHERE seq = 5", 5, "content was changed"),
+        ("UPDATE audit_log SET hash = prev_hash WHERE seq = 4", 4, "content was changed"),
+        ("UPDATE audit_log SET prev_hash = hash WHERE seq = 2", 2, "does not follow"),
+        ("DELETE FROM audit_log WHERE seq = 3", 3, "entry 3 is missing"),
+        ("DELETE FROM audit_log WHERE seq = 1", 1, "entry 1 is missing"),
+    ],
+)
+async def test_tampering_is_named(chain, tamper, bad, problem):
+    await sql(chain, tamper)
+    result = await verdict(chain)
+    assert not result.ok and result.bad_seq == bad and problem in result.problem
+    assert str(result).startswith(f"broken at entry {bad}:")
+
+
+async def test_changed_data_and_details_are_named(chain):
+    async with chain.transaction() as session:
+        entry = await session.get(audit.AuditEntry, 3)
+        entry.data = {**entry.data, "amount": "99999.00"}
+    assert (await verdict(chain)).bad_seq == 3
+    await sql(chain, "DELETE FROM audit_log WHERE seq > 2")
+    assert (await verdict(chain)).ok
+    async with chain.transaction() as session:
+        entry = await session.get(audit.AuditEntry, 1)
+        entry.details_ct = entry.details_ct[:-1] + bytes([entry.details_ct[-1] ^ 1])
+    assert (await verdict(chain)).bad_seq == 1
+
+
+async def test_swapped_rows_are_named(chain):
+    await sql(
+        chain,
+        "UPDATE audit_log SET seq = -2 WHERE seq = 2",
+        "UPDATE audit_log SET seq = 2 WHERE seq = 4",
+        "UPDATE audit_log SET seq = 4 WHERE seq = -2",
+    )
+    result = await verdict(chain)
+    assert not result.ok and result.bad_seq == 2 and "does not follow" in result.problem
+
+
+async def test_rewritten_entry_with_its_hash_recomputed_breaks_the_next_link(chain):
+    async with chain.transaction() as session:
+        entry = await session.get(audit.AuditEntry, 2)
+        entry.actor = "U0MALLORY"
+        entry.hash = audit.entry_hash(entry)
+    result = await verdict(chain)
+    assert not result.ok and result.bad_seq == 3 and "does not follow" in result.problem
+
+
+async def test_export_decrypts_details_and_filters_by_time(chain, vault):
+    async with chain.transaction() as session:
+        rows = [e async for e in audit.export(session, None, vault)]
+    assert [r["seq"] for r in rows] == list(range(1, ENTRIES + 1))
+    assert rows[0]["details"] == "reason number 1" and rows[1]["details"] is None
+    assert rows[2]["data"] == {"step": 3, "amount": "1200.50", "unit": "EUR"}
+    assert rows[1]["prev_hash"] == rows[0]["hash"]
+    json.dumps(rows)  # JSON-ready as it is
+    async with chain.transaction() as session:
+        await session.execute(
+            update(audit.AuditEntry)
+            .where(audit.AuditEntry.seq <= 2)
+            .values(at=utcnow() - timedelta(days=2))
+        )
+    async with chain.transaction() as session:
+        since = utcnow() - timedelta(days=1)
+        recent = [e async for e in audit.export(session, since, vault)]
+    assert [r["seq"] for r in recent] == [3, 4, 5]
+
+
+async def test_cli_verify_and_export(chain, db_url, tmp_path):
+    env = {**os.environ, "DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
+    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "CRM_CONFIG"):
+        env.pop(name, None)
+
+    def crm_bot(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "bot", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+
+    ok = crm_bot("audit", "export", "--since", "2000-01-01")
+    assert ok.returncode == 0, ok.stderr
+    lines = [json.loads(line) for line in ok.stdout.splitlines()]
+    assert [e["seq"] for e in lines] == list(range(1, ENTRIES + 1))
+    assert lines[0]["details"] == "reason number 1"
+    await sql(chain, "UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 4")
+    broken = crm_bot("audit", "verify")
+    assert broken.returncode == 1, broken.stderr
+    assert broken.stdout.strip().startswith("broken at entry 4: its content was changed")
