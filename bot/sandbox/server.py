@@ -75,6 +75,7 @@ class Sandbox:
         users: dict[str, dict[str, Any]] | None = None,
         usergroups: dict[str, list[str]] | None = None,
         auto_channels: bool = True,
+        page: bool = False,
     ) -> None:
         self.bot_token = bot_token
         self.store = Store(
@@ -90,6 +91,11 @@ class Sandbox:
         self.app = web.Application()
         self.app.router.add_route("*", "/api/{method}", self._api)
         self.app.router.add_post("/response/{token}", self._response_url)
+        self.page: Any = None
+        if page:  # the web page of `crm-bot demo` (bot/sandbox/page.py)
+            from bot.sandbox.page import add_page_routes
+
+            self.page = add_page_routes(self)
         self._runner: web.AppRunner | None = None
 
     @classmethod
