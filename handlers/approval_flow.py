@@ -25,6 +25,7 @@ from storage.slack_requests import first_time
 from . import approval_rules as rules
 from .deps import Deps
 from .errors import NotFound, UserError
+from .home import refresh_homes
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ async def create(
     deps.wake_outbox()
     log.info("approval %s requested (%s) of %s", view.id, kind, dept.key)
     view = await post_request(deps, view, dept)
-    await refresh_homes(deps, dept, view.requested_by)
+    await refresh_homes(deps, dept.key, view.requested_by)
     return view
 
 
@@ -352,25 +353,7 @@ async def announce(deps: Deps, view: ApprovalView) -> None:
         await deps.slack.dm(view.requested_by, text)
     except SlackError as exc:
         log.warning("approval %s: no direct message (%s)", view.id, exc.kind)
-    dept = (await deps.directory.departments()).get(view.department_key)
-    await refresh_homes(deps, dept, view.requested_by)
-
-
-async def refresh_homes(deps: Deps, dept: DepartmentView | None, requester: str) -> None:
-    """Best effort: the App Home of the department's members and of the requester."""
-    from . import home
-
-    users = {requester}
-    if dept is not None:
-        try:
-            users |= set(await deps.directory.members(dept)) | set(dept.leads)
-        except SlackError:
-            users |= set(dept.members) | set(dept.leads)
-    for user in sorted(users):
-        try:
-            await home.publish_home(deps, user)
-        except Exception:
-            log.warning("could not refresh the App Home of %s", user, exc_info=True)
+    await refresh_homes(deps, view.department_key, view.requested_by)
 
 
 # --- expiring -------------------------------------------------------------------------------

@@ -25,6 +25,7 @@ from storage.slack_requests import first_time
 from . import handoff_rules as rules
 from .deps import Deps
 from .errors import NotFound, UserError
+from .home import refresh_homes
 
 log = logging.getLogger(__name__)
 
@@ -316,24 +317,6 @@ async def show_step(deps: Deps, record: HandoffRecord, actor: str) -> None:
     ):
         if channel and ts:
             await _quietly("reply", record.id, deps.slack.post(channel, text, thread_ts=ts))
-
-
-async def refresh_homes(deps: Deps, to_key: str, requester: str) -> None:
-    """Best effort: the App Home of the requester and of the receiving department."""
-    from . import home  # home imports this capability too: import late
-
-    users = {requester}
-    dept = (await deps.directory.departments()).get(to_key)
-    if dept is not None:
-        try:
-            users |= set(await deps.directory.members(dept)) | set(dept.leads)
-        except SlackError:
-            users |= set(dept.members) | set(dept.leads)
-    for user in sorted(users):
-        try:
-            await home.publish_home(deps, user)
-        except Exception:
-            log.warning("could not refresh the App Home of %s", user, exc_info=True)
 
 
 # -- claim reminders ---------------------------------------------------------------------

@@ -37,6 +37,23 @@ async def publish_home(deps: Deps, user: str) -> None:
     await deps.slack.publish_home(user, view)
 
 
+async def refresh_homes(deps: Deps, department_key: str | None, requester: str) -> None:
+    """Best effort, after a handoff or approval changed: the App Home of the requester and of
+    the members and leads of the department involved."""
+    users = {requester}
+    dept = (await deps.directory.departments()).get(department_key or "")
+    if dept is not None:
+        try:
+            users |= set(await deps.directory.members(dept)) | set(dept.leads)
+        except SlackError:
+            users |= set(dept.members) | set(dept.leads)
+    for user in sorted(users):
+        try:
+            await publish_home(deps, user)
+        except Exception:
+            log.warning("could not refresh the App Home of %s", user, exc_info=True)
+
+
 def register(app: AsyncApp, deps: Deps) -> None:
     async def ack_only(ack):
         await ack()
