@@ -75,6 +75,9 @@ _ALIASES = {
 }
 
 
+POST_KEY_EVENT = "crm_bot_post"
+
+
 class SlackError(Exception):
     """A Web API call that failed for good; `kind` is one of `KINDS`."""
 
@@ -265,8 +268,12 @@ class SlackOut:
         thread_ts: str | None = None,
         reply_broadcast: bool = False,
         metadata: dict[str, Any] | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
-        """chat.postMessage, paced per channel; returns {"channel", "ts"}."""
+        """chat.postMessage, paced per channel; returns {"channel", "ts"}. A `key` is carried
+        in the message's metadata, for `find_posted`."""
+        if key is not None:
+            metadata = {"event_type": POST_KEY_EVENT, "event_payload": {"key": key}}
         text, blocks = fit_to_limits(text, blocks)
         args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
         if blocks:
@@ -364,6 +371,22 @@ class SlackOut:
         )
         channel = str((data.get("channel") or {}).get("id", ""))
         return await self.post(channel, text, blocks)
+
+    async def find_posted(self, channel: str, key: str, since: float) -> str | None:
+        """The ts of a message posted with `post(..., key=key)` in `channel` since `since` (a
+        Unix time), or None: lets a retry whose first outcome is unknown (the process died,
+        the database was down) adopt the earlier post instead of posting twice."""
+        data = await self._call(
+            "conversations.history",
+            lambda: self.client.conversations_history(
+                channel=channel, oldest=f"{since:.6f}", limit=200, include_all_metadata=True
+            ),
+        )
+        for message in data.get("messages") or []:
+            payload = (message.get("metadata") or {}).get("event_payload") or {}
+            if payload.get("key") == key:
+                return str(message["ts"])
+        return None
 
     async def usergroup_members(self, usergroup: str) -> list[str]:
         """The Slack user ids in a user group (usergroups.users.list)."""

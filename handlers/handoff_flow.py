@@ -12,6 +12,7 @@ import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
+from datetime import timedelta
 
 from bot.blocks import handoffs as render
 from bot.blocks.customers import label
@@ -28,6 +29,9 @@ from .errors import NotFound, UserError
 from .home import refresh_homes
 
 log = logging.getLogger(__name__)
+
+# A handoff not on record as posted this long after it was made is posted by the job.
+REPOST_AFTER = timedelta(minutes=2)
 
 BOT_ACTOR = "crm-bot"
 STALE = "That button does not belong to this handoff's message; nothing changed."
@@ -153,28 +157,71 @@ async def create(deps: Deps, req: NewHandoff) -> Created | None:
     deps.wake_outbox()
     log.info("handoff %s requested to %s", record.id, to.key)
 
-    text, blocks = render.handoff_message(
-        record, from_name=home.name if home else None, to_name=to.name
-    )
     try:
-        posted = await deps.slack.post(to.channel_id, text, blocks)
+        link, mine = await _publish(deps, record, to, home, req.requester_channel)
     except SlackError as exc:
         await _abandon(deps, record.id)
         raise UserError(
             f"I could not post the handoff in <#{to.channel_id}> ({exc.kind}); it was cancelled."
         ) from None
-    record.channel_id, record.message_ts = posted["channel"], posted["ts"]
+    await refresh_homes(deps, to.key, req.user)
+    return Created(record, to.name, link, mine[0] if mine else None)
+
+
+async def _publish(
+    deps: Deps, record: HandoffRecord, to, home, requester_channel, *, recovering: bool = False
+):
+    """Post the handoff in the receiving channel and link it on the requester's side, saving
+    each message's ts. Each post carries the handoff's key, so a repost after a crash adopts a
+    message that did go out instead of posting it again."""
+    key = f"handoff:{record.id}"
+    text, blocks = render.handoff_message(
+        record, from_name=home.name if home else None, to_name=to.name
+    )
+    ts = None
+    if recovering:
+        ts = await deps.slack.find_posted(to.channel_id, key, record.created_at.timestamp() - 60)
+    if ts is None:
+        ts = (await deps.slack.post(to.channel_id, text, blocks, key=key))["ts"]
+    record.channel_id, record.message_ts = to.channel_id, ts
     await _save_messages(deps, record.id, channel=(record.channel_id, record.message_ts))
     link = await permalink(deps, record.channel_id, record.message_ts)
 
-    side = req.requester_channel or (home.channel_id if home else None)
+    side = requester_channel or (home.channel_id if home else None)
     text, blocks = render.requester_message(record, to_name=to.name, parent_link=link)
-    mine = await _post_requester(deps, side, req.user, text, blocks)
+    mine = await _post_requester(deps, side, record.requested_by, text, blocks)
     if mine:
         record.requester_channel_id, record.requester_ts = mine
         await _save_messages(deps, record.id, requester=mine)
-    await refresh_homes(deps, to.key, req.user)
-    return Created(record, to.name, link, mine[0] if mine else None)
+    return link, mine
+
+
+async def repost_unposted(deps: Deps) -> int:
+    """Handoffs recorded but not on record as posted (the process died or the database failed
+    in between) are posted now, or the earlier post is adopted. Returns how many."""
+    async with deps.db.transaction() as session:
+        due = await Handoffs(session, deps.vault).unposted(deps.clock() - REPOST_AFTER)
+    departments = await deps.directory.departments()
+    done = 0
+    for hid in due:
+        async with deps.db.transaction() as session:
+            repo = Handoffs(session, deps.vault)
+            h = await repo.get(hid)
+            if h is None or h.message_ts is not None or h.status != rules.REQUESTED:
+                continue
+            record = repo.read(h, await repo.customer_of(h))
+        to = departments.get(record.to_department)
+        if to is None:
+            continue
+        try:
+            home = departments.get(record.from_department or "")
+            await _publish(deps, record, to, home, None, recovering=True)
+        except SlackError as exc:
+            log.warning("handoff %s: repost failed (%s); next pass", hid, exc.kind)
+            continue
+        log.info("handoff %s: posted after recovery", hid)
+        done += 1
+    return done
 
 
 async def _post_requester(deps: Deps, channel, user, text, blocks) -> tuple[str, str] | None:
@@ -322,7 +369,9 @@ async def show_step(deps: Deps, record: HandoffRecord, actor: str) -> None:
 # -- claim reminders ---------------------------------------------------------------------
 async def remind_unclaimed(deps: Deps) -> int:
     """One pass of the claim timer (driven by claim_deadline and reminders_sent in the
-    database, so it survives restarts); returns how many reminders it sent."""
+    database, so it survives restarts); returns how many reminders it sent. Also posts the
+    handoffs whose message never made it to Slack."""
+    await repost_unposted(deps)
     now = deps.clock()
     async with deps.db.transaction() as session:
         due = await Handoffs(session, deps.vault).due_for_reminder(now)

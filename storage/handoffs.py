@@ -187,6 +187,21 @@ class Handoffs:
         found = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
         return next((found[r] for r in ids if r in found), None)
 
+    async def unposted(self, older_than: datetime, limit: int = 20) -> list[uuid.UUID]:
+        """Requested handoffs whose channel message is not on record (the process stopped, or
+        the database failed, between the commit and saving the message's ts)."""
+        stmt = (
+            select(Handoff.id)
+            .where(
+                Handoff.status == "requested",
+                Handoff.message_ts.is_(None),
+                Handoff.created_at <= older_than,
+            )
+            .order_by(Handoff.created_at)
+            .limit(limit)
+        )
+        return list((await self.session.execute(stmt)).scalars())
+
     async def due_for_reminder(self, now: datetime, limit: int = 100) -> list[uuid.UUID]:
         """Ids of unclaimed handoffs past their claim deadline still owed a reminder."""
         stmt = (

@@ -519,3 +519,50 @@ async def test_handoffs_lists(bot):
     # and the App Home of the receiving department was refreshed when it was asked
     home = await eventually(lambda: bot.store.home(GRACE))
     assert link in block_texts(home["blocks"])
+
+
+# -- recovery: the message's ts was never saved ------------------------------------------
+async def forget_the_post(db, h, *, remove_from_slack=None):
+    """As if the process died between the commit and saving the posted message's ts."""
+    async with db.transaction() as session:
+        await session.execute(
+            update(Handoff)
+            .where(Handoff.id == h.id)
+            .values(
+                message_ts=None,
+                channel_id=None,
+                requester_ts=None,
+                requester_channel_id=None,
+                created_at=datetime.now(UTC) - handoff_flow.REPOST_AFTER - timedelta(seconds=1),
+            )
+        )
+    if remove_from_slack:
+        remove_from_slack.store.delete_message(FINANCE, h.message_ts)
+
+
+async def test_a_post_that_went_out_is_adopted_not_repeated(bot):
+    h, parent, _ = await open_handoff(bot)
+    await forget_the_post(bot.deps.db, h)
+    assert await handoff_flow.repost_unposted(bot.deps) == 1
+    assert await handoff_flow.repost_unposted(bot.deps) == 0
+    async with bot.deps.db.transaction() as session:
+        again = await session.get(Handoff, h.id)
+    assert again.message_ts == parent["ts"]  # the earlier message, found by its key
+    assert [m for m in bot.store.messages(FINANCE) if "Handoff" in m["text"]] == [
+        bot.store.message(FINANCE, parent["ts"])
+    ]
+    await click(bot, FRANK, again, "handoff_accept")  # and its buttons work
+    await eventually(lambda: len(bot.store.thread(FINANCE, again.message_ts)) == 2)
+
+
+async def test_a_post_that_never_went_out_is_posted_by_the_job(bot):
+    h, _, _ = await open_handoff(bot)
+    await forget_the_post(bot.deps.db, h, remove_from_slack=bot)
+    assert not [m for m in bot.store.messages(FINANCE) if "Handoff" in m["text"]]
+    assert await handoff_flow.remind_unclaimed(bot.deps) == 0  # the job reposts first
+    (posted,) = await eventually(
+        lambda: [m for m in bot.store.messages(FINANCE) if "Handoff" in m["text"]]
+    )
+    async with bot.deps.db.transaction() as session:
+        again = await session.get(Handoff, h.id)
+    assert again.message_ts == posted["ts"] and again.requester_ts is not None
