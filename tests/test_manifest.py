@@ -64,7 +64,9 @@ def test_scopes_are_the_smallest_set_used(manifest):
     # Each scope and what needs it: commands (/crm), chat:write (posts, updates, ephemerals),
     # chat:write.public (department channels without joining), app_mentions:read (app_mention),
     # users:read (users.info), usergroups:read (usergroups.users.list), im:write
-    # (conversations.open). app_home_opened needs no scope.
+    # (conversations.open), channels:history and groups:history (conversations.history, to find
+    # the bot's own earlier post when a retry does not know whether it went out).
+    # app_home_opened needs no scope.
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(
         [
             "commands",
@@ -74,6 +76,8 @@ def test_scopes_are_the_smallest_set_used(manifest):
             "users:read",
             "usergroups:read",
             "im:write",
+            "channels:history",
+            "groups:history",
         ]
     )
     assert "user" not in manifest["oauth_config"]["scopes"]
