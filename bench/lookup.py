@@ -23,16 +23,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select  # noqa: E402
+from sqlalchemy import Column, Integer, MetaData, String, Table, Text, insert, select
 
-from bench.common import customers, median, pct, table, throwaway_database  # noqa: E402
-from storage.bulk import upsert_many  # noqa: E402
-from storage.crypto import KeyRing, decrypt_field  # noqa: E402
-from storage.customers import Customers  # noqa: E402
-from storage.db import Database  # noqa: E402
-from storage.models import Customer, utcnow  # noqa: E402
-from storage.rotation import rewrap  # noqa: E402
-from storage.vault import Vault  # noqa: E402
+from bench.common import customers, median, pct, table, throwaway_database
+from storage.bulk import upsert_many
+from storage.crypto import KeyRing, decrypt_field
+from storage.customers import Customers
+from storage.db import Database
+from storage.models import Customer, utcnow
+from storage.rotation import rewrap
+from storage.vault import Vault
 
 KEY1 = "b1:" + base64.b64encode(os.urandom(32)).decode()
 KEY2 = "b2:" + base64.b64encode(os.urandom(32)).decode()
@@ -40,7 +40,8 @@ BATCH = 2000
 
 plain_meta = MetaData()
 plain = Table(
-    "bench_plain_customers", plain_meta,
+    "bench_plain_customers",
+    plain_meta,
     Column("id", Integer, primary_key=True),
     Column("external_id", String(128), unique=True),
     Column("name", String(200), index=True),
@@ -55,7 +56,7 @@ async def load(db: Database, vault: Vault, rows: list[dict]) -> float:
     start = time.perf_counter()
     for i in range(0, len(rows), BATCH):
         async with db.transaction() as s:
-            await upsert_many(s, vault, rows[i:i + BATCH], source="bench", occurred_at=utcnow())
+            await upsert_many(s, vault, rows[i : i + BATCH], source="bench", occurred_at=utcnow())
     return len(rows) / (time.perf_counter() - start)
 
 
@@ -66,7 +67,7 @@ async def load_plain(db: Database, rows: list[dict]) -> float:
     start = time.perf_counter()
     for i in range(0, len(rows), BATCH):
         async with db.transaction() as s:
-            await s.execute(insert(plain), [{k: r[k] for k in keys} for r in rows[i:i + BATCH]])
+            await s.execute(insert(plain), [{k: r[k] for k in keys} for r in rows[i : i + BATCH]])
     return len(rows) / (time.perf_counter() - start)
 
 
@@ -105,7 +106,9 @@ async def naive_scan(db: Database, vault: Vault, email: str) -> float:
     """What a team without blind indexes would do: decrypt every row, compare."""
     start = time.perf_counter()
     async with db.transaction() as s:
-        result = await s.stream(select(Customer.id, Customer.key_id, Customer.wrapped_key, Customer.email_ct))
+        result = await s.stream(
+            select(Customer.id, Customer.key_id, Customer.wrapped_key, Customer.email_ct)
+        )
         async for cid, key_id, wrapped, email_ct in result:
             key = vault.data_key(cid, key_id, wrapped)
             if decrypt_field(key, "customers", "email", cid, email_ct) == email:
@@ -138,12 +141,19 @@ async def bench(kind: str, n: int, tmp: str, samples: int) -> dict:
         assert rewrapped >= n
         await db.close()
     return {
-        "db": kind, "n": n,
-        "email_p50": pct(by_email, 50), "email_p99": pct(by_email, 99),
-        "prefix_p50": pct(by_prefix, 50), "prefix_p99": pct(by_prefix, 99),
-        "scan_ms": median(scans), "ratio": median(scans) / pct(by_email, 50),
-        "enc_rate": enc_rate, "plain_rate": plain_rate, "rotate_s": rotate_s,
-        "one_enc": one_enc, "one_plain": one_plain,
+        "db": kind,
+        "n": n,
+        "email_p50": pct(by_email, 50),
+        "email_p99": pct(by_email, 99),
+        "prefix_p50": pct(by_prefix, 50),
+        "prefix_p99": pct(by_prefix, 99),
+        "scan_ms": median(scans),
+        "ratio": median(scans) / pct(by_email, 50),
+        "enc_rate": enc_rate,
+        "plain_rate": plain_rate,
+        "rotate_s": rotate_s,
+        "one_enc": one_enc,
+        "one_plain": one_plain,
     }
 
 
@@ -160,16 +170,47 @@ async def main() -> None:
             for kind in kinds:
                 results.append(await bench(kind, n, tmp, args.samples))
                 print(f"done: {kind} {n}", file=sys.stderr)
-    print(table(
-        ["db", "customers", "email p50 ms", "email p99 ms", "prefix p50 ms", "prefix p99 ms",
-         "naive scan ms", "scan / indexed", "bulk rows/s enc", "bulk rows/s plain",
-         "bulk plain/enc", "single writes/s enc", "single writes/s plain", "single plain/enc",
-         "re-wrap all s"],
-        [[r["db"], r["n"], r["email_p50"], r["email_p99"], r["prefix_p50"], r["prefix_p99"],
-          r["scan_ms"], f"{r['ratio']:,.0f}x", r["enc_rate"], r["plain_rate"],
-          f"{r['plain_rate'] / r['enc_rate']:.2f}x", r["one_enc"], r["one_plain"],
-          f"{r['one_plain'] / r['one_enc']:.2f}x", r["rotate_s"]] for r in results],
-    ))
+    print(
+        table(
+            [
+                "db",
+                "customers",
+                "email p50 ms",
+                "email p99 ms",
+                "prefix p50 ms",
+                "prefix p99 ms",
+                "naive scan ms",
+                "scan / indexed",
+                "bulk rows/s enc",
+                "bulk rows/s plain",
+                "bulk plain/enc",
+                "single writes/s enc",
+                "single writes/s plain",
+                "single plain/enc",
+                "re-wrap all s",
+            ],
+            [
+                [
+                    r["db"],
+                    r["n"],
+                    r["email_p50"],
+                    r["email_p99"],
+                    r["prefix_p50"],
+                    r["prefix_p99"],
+                    r["scan_ms"],
+                    f"{r['ratio']:,.0f}x",
+                    r["enc_rate"],
+                    r["plain_rate"],
+                    f"{r['plain_rate'] / r['enc_rate']:.2f}x",
+                    r["one_enc"],
+                    r["one_plain"],
+                    f"{r['one_plain'] / r['one_enc']:.2f}x",
+                    r["rotate_s"],
+                ]
+                for r in results
+            ],
+        )
+    )
 
 
 if __name__ == "__main__":

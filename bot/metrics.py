@@ -5,28 +5,42 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 REGISTRY = CollectorRegistry()
 
 requests_total = Counter(
-    "crm_slack_requests_total", "Requests from Slack by kind and outcome",
-    ["kind", "outcome"], registry=REGISTRY,
+    "crm_slack_requests_total",
+    "Requests from Slack by kind and outcome",
+    ["kind", "outcome"],
+    registry=REGISTRY,
 )
 request_seconds = Histogram(
-    "crm_slack_request_seconds", "Time to acknowledge a request from Slack", ["kind"],
-    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0), registry=REGISTRY,
+    "crm_slack_request_seconds",
+    "Time to acknowledge a request from Slack",
+    ["kind"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0),
+    registry=REGISTRY,
 )
 slack_api_calls_total = Counter(
-    "crm_slack_api_calls_total", "Web API calls made by the bot", ["method", "outcome"],
+    "crm_slack_api_calls_total",
+    "Web API calls made by the bot",
+    ["method", "outcome"],
     registry=REGISTRY,
 )
 events_total = Counter(
     "crm_sync_events_total",
     "Sync events by outcome: consumed, applied, stale, duplicate, retried, dead_lettered",
-    ["outcome"], registry=REGISTRY,
+    ["outcome"],
+    registry=REGISTRY,
 )
 alerts_posted_total = Counter(
-    "crm_alerts_posted_total", "Sync alerts posted to channels", registry=REGISTRY,
+    "crm_alerts_posted_total",
+    "Sync alerts posted to channels",
+    registry=REGISTRY,
 )
 outbox_published_total = Counter(
-    "crm_outbox_published_total", "Outbox events published to RabbitMQ", registry=REGISTRY,
+    "crm_outbox_published_total",
+    "Outbox events published to RabbitMQ",
+    registry=REGISTRY,
 )
 broker_connected = Gauge(
-    "crm_broker_connected", "1 while the RabbitMQ connection is open", registry=REGISTRY,
+    "crm_broker_connected",
+    "1 while the RabbitMQ connection is open",
+    registry=REGISTRY,
 )

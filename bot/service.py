@@ -166,4 +166,3 @@ class BotService:
             await self._runner.cleanup()
         if self.deps is not None:
             await self.deps.db.close()
-

@@ -1,16 +1,369 @@
-"""Placeholder: replaced by the RabbitMQ sync capability."""
+"""RabbitMQ sync: apply the systems of record's events to the shared records, then alert.
+
+For each message (`handle(body, attempt)`, called by bot/broker's Consumer, one customer's
+events in arrival order):
+
+1. parse and validate against `crm.sync/1` (`InvalidEvent` -> dead-lettered at once with the
+   reason); events from our own outbox (`source` = `crm-bot`) are ignored;
+2. in ONE transaction (shared with the other customers' events waiting at that moment: a
+   group commit; an event that fails it is then applied alone, so only it is retried):
+   skip if the event id was processed (a duplicate); upsert the customer
+   with the per-source `occurred_at` rule (or erase on `customer.deleted`), add a timeline
+   entry (summary sealed under the customer's key), write one `pending` row per alert channel
+   in the delivery ledger, record the event id as processed;
+3. after the commit: post the pending alerts (handlers/sync_delivery.py) and update the
+   customer's shared cards in place. A Slack failure raises, so the broker retries; the retry
+   finds the event processed and only does what is still missing (pending rows, cards).
+
+Decisions where the contract is silent:
+
+- Which types may create a customer: `customer.upserted`, and `lead.qualified` (a lead is how
+  a customer first appears in the marketing system). Every other type needs a customer the bot
+  already holds: an unknown one is `InvalidEvent` ("unknown customer"), as is an erased one
+  (only `customer.upserted` brings an erased customer back).
+- `customer.deleted` always erases, whatever its `occurred_at` (an erasure request wins over an
+  update); for an unknown customer it leaves a tombstone (an erased record whose source clock
+  refuses the older upserts still in flight). Its pending alerts are dropped, not posted.
+- A stale event (older than the last one applied from its source) changes no field, but is
+  still a fact: its timeline entry is kept (dated) and its alerts are posted. It counts as
+  `stale` instead of `applied`.
+- `duplicate` counts events whose id was processed before, on their first delivery (a second
+  publish, a redelivery after a lost ack); a retry of our own (attempt > 1) finishing the
+  Slack side of an applied event is not a duplicate.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+from jsonschema import Draft7Validator, FormatChecker
+from jsonschema.exceptions import ValidationError, best_match
+
+from bot import metrics
+from storage import shared_cards
+from storage import sync_ledger as ledger
+from storage.customers import Customers
+from storage.departments import all_departments
+
+from . import alerts
+from .sync_delivery import Delivery
+
+if TYPE_CHECKING:
+    from storage.models import Customer
+
+    from .deps import Deps
+
+log = logging.getLogger(__name__)
+
+OWN_SOURCE = "crm-bot"
+CREATING_TYPES = frozenset({"customer.upserted", "lead.qualified"})
+# What a shared (redacted) card shows: a change to any of these updates the cards in place.
+CARD_FIELDS = frozenset(
+    {"name", "company", "tier", "lifecycle_stage", "owner_department", "owner_slack_user"}
+)
+APPLIED, STALE, DUPLICATE = "applied", "stale", "duplicate"
+MAX_BATCH = 100  # events applied in one transaction at most
 
 
 class InvalidEvent(Exception):
-    pass
+    """The message can never be applied: dead-letter it at once; the message is the reason."""
 
 
-def make_handler(deps):
-    async def handle(body: bytes, attempt: int) -> None:
-        raise InvalidEvent("sync is not built yet")
+# --- parsing and validation -----------------------------------------------------------------
 
-    return handle, (InvalidEvent,)
+RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-def jobs(deps) -> list:
-    return []
+def parse_time(text: str) -> datetime:
+    """An RFC 3339 date-time with its offset; ValueError otherwise."""
+    if not isinstance(text, str) or not RFC3339.match(text):
+        raise ValueError("not an RFC 3339 date-time")
+    value = datetime.fromisoformat(text.upper().replace(" ", "T").replace("Z", "+00:00"))
+    if value.tzinfo is None:
+        raise ValueError("no UTC offset")
+    return value
+
+
+_formats = FormatChecker(formats=())
+
+
+@_formats.checks("date-time", raises=ValueError)
+def _is_date_time(value: object) -> bool:
+    if isinstance(value, str):
+        parse_time(value)
+    return True
+
+
+@cache
+def validator() -> Draft7Validator:
+    text = resources.files("bot").joinpath("contracts/sync-event.schema.json").read_text("utf-8")
+    schema = json.loads(text)
+    Draft7Validator.check_schema(schema)
+    return Draft7Validator(schema, format_checker=_formats)
+
+
+def _reason(error: ValidationError) -> str:
+    """Why an event fails the schema, naming the field and the rule, never the value (it may be
+    personal data, and the reason travels in a header and reaches operators' screens)."""
+    where = ".".join(str(p) for p in error.absolute_path) or "event"
+    rule, wanted = error.validator, error.validator_value
+    if rule == "required":
+        return f"schema: {where}: {error.message}"
+    if rule in ("enum", "const"):
+        options = wanted if isinstance(wanted, list) else [wanted]
+        return f"schema: {where}: must be one of {', '.join(map(str, options))}"[:300]
+    if rule == "type":
+        return f"schema: {where}: must be of type {wanted}"
+    if rule == "format":
+        return f"schema: {where}: not a valid {wanted}"
+    if rule in ("maxLength", "minLength", "minimum", "maximum", "pattern"):
+        return f"schema: {where}: fails {rule} {wanted}"
+    return f"schema: {where}: fails {rule}"
+
+
+def parse_event(body: bytes) -> dict[str, Any]:
+    """The event in `body`, valid per `crm.sync/1`; InvalidEvent with the reason otherwise."""
+    try:
+        event = json.loads(body.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise InvalidEvent("invalid JSON") from None
+    if not isinstance(event, dict):
+        raise InvalidEvent("schema: event: must be of type object")
+    error = best_match(validator().iter_errors(event))
+    if error is not None:
+        raise InvalidEvent(_reason(error))
+    return event
+
+
+# --- applying ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Applied:
+    outcome: str  # applied | stale | duplicate
+    customer_id: uuid.UUID | None = None
+    alerts: bool = False  # there may be pending alerts to post
+    cards: bool = False  # shared cards to update
+
+
+class Sync:
+    """The consumer's callback and the alert-flush job share one instance per Deps."""
+
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self.delivery = Delivery(deps)
+        self._waiting: list[tuple[dict[str, Any], asyncio.Future[Applied]]] = []
+        self._applier: asyncio.Task[None] | None = None
+
+    @property
+    def rules(self):
+        return alerts.rules_for(self.deps.config.alerts)
+
+    async def handle(self, body: bytes, attempt: int) -> None:
+        event = parse_event(body)
+        if event["source"] == OWN_SOURCE:
+            metrics.events_total.labels("ignored").inc()
+            return
+        applied = await self.apply(event)
+        if applied.outcome != DUPLICATE:
+            metrics.events_total.labels(applied.outcome).inc()
+        elif attempt == 1:
+            metrics.events_total.labels(DUPLICATE).inc()
+        log.debug("event %s (%s): %s", event["id"], event["type"], applied.outcome)
+        if applied.customer_id is None:
+            return
+        if applied.alerts:
+            await self.delivery.deliver(applied.customer_id)
+        if applied.cards:
+            await self.delivery.refresh_cards(applied.customer_id)
+
+    async def apply(self, event: dict[str, Any]) -> Applied:
+        """Apply an event. Events waiting at the same time (other customers': one customer's
+        are serialised by the consumer) share one transaction: a group commit."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.append((event, future))
+        if self._applier is None or self._applier.done():
+            self._applier = asyncio.get_running_loop().create_task(self._apply_waiting())
+        return await future
+
+    async def _apply_waiting(self) -> None:
+        while self._waiting:
+            batch = self._waiting[:MAX_BATCH]
+            del self._waiting[:MAX_BATCH]
+            try:
+                results = await self._apply_batch([e for e, _ in batch])
+            except asyncio.CancelledError:
+                _fail([f for _, f in batch], RuntimeError("stopped while applying"))
+                raise
+            except Exception:
+                # Something failed the whole transaction (the database, or one event): apply
+                # one by one, so only the culprit fails (and is retried by the broker).
+                results = []
+                for event, _ in batch:
+                    try:
+                        results.append((await self._apply_batch([event]))[0])
+                    except Exception as exc:
+                        results.append(exc)
+            for (_, future), result in zip(batch, results, strict=True):
+                if future.done():
+                    continue
+                if isinstance(result, BaseException):
+                    future.set_exception(result)
+                else:
+                    future.set_result(result)
+
+    async def _apply_batch(self, events: list[dict[str, Any]]) -> list[Applied | InvalidEvent]:
+        results: list[Applied | InvalidEvent] = []
+        async with self.deps.db.transaction() as session:
+            for event in events:
+                try:
+                    results.append(await self._apply_one(session, event))
+                except InvalidEvent as exc:
+                    results.append(exc)
+        return results
+
+    async def _apply_one(self, session, event: dict[str, Any]) -> Applied:
+        """Apply one event in the caller's transaction. InvalidEvent is raised before anything
+        is written, so the other events of a batch are unaffected."""
+        event_id, kind = event["id"], event["type"]
+        external_id = event["customer"]["external_id"]
+        source, occurred_at = event["source"], parse_time(event["occurred_at"])
+        customers = Customers(session, self.deps.vault)
+        if await ledger.processed(session, event_id) is not None:
+            return await self._already_done(session, customers, external_id)
+        existing = await customers.by_external_id(external_id, for_update=True)
+        if kind == "customer.deleted":
+            customer = await self._erase(customers, existing, external_id, source, occurred_at)
+            outcome, changed = APPLIED, set(CARD_FIELDS)
+        else:
+            if existing is None and kind not in CREATING_TYPES:
+                raise InvalidEvent(f"unknown customer {external_id!r} for {kind}")
+            erased = existing is not None and existing.erased_at is not None
+            if erased and kind != "customer.upserted":
+                raise InvalidEvent(f"customer {external_id!r} was erased; {kind} refused")
+            fields = {k: v for k, v in event["customer"].items() if k != "external_id"}
+            result = await customers.upsert(
+                external_id, fields, source=source, occurred_at=occurred_at
+            )
+            customer = result.customer
+            outcome = APPLIED if result.applied else STALE
+            changed = result.changed if result.applied and not result.created else set()
+        ledger.add_timeline(
+            session,
+            self.deps.vault,
+            customer,
+            kind=kind,
+            source=source,
+            occurred_at=occurred_at,
+            event_id=event_id,
+            summary=alerts.summary(event),
+        )
+        routed = await self._add_alerts(session, customer, event)
+        ledger.mark_processed(session, event_id, kind, outcome)
+        cards = bool(changed & CARD_FIELDS) and bool(
+            await shared_cards.for_customer(session, customer.id)
+        )
+        return Applied(outcome, customer.id, alerts=routed, cards=cards)
+
+    async def _already_done(self, session, customers: Customers, external_id: str) -> Applied:
+        """A processed event: report what the Slack side may still owe (a crash, or a failed
+        post, between the commit and the ack)."""
+        customer = await customers.by_external_id(external_id)
+        if customer is None:
+            return Applied(DUPLICATE)
+        pending = await ledger.has_pending(session, customer.id)
+        cards = bool(await shared_cards.for_customer(session, customer.id))
+        return Applied(DUPLICATE, customer.id, alerts=pending, cards=cards)
+
+    async def _erase(
+        self,
+        customers: Customers,
+        existing: Customer | None,
+        external_id: str,
+        source: str,
+        occurred_at: datetime,
+    ) -> Customer:
+        if existing is None:  # a tombstone, so older upserts from this source stay out
+            existing = (
+                await customers.upsert(external_id, {}, source=source, occurred_at=occurred_at)
+            ).customer
+        last = (existing.source_clock or {}).get(source)
+        stamp = max(occurred_at, parse_time_or(last, occurred_at))
+        await customers.erase(existing, occurred_at=stamp, source=source)
+        return existing
+
+    async def _add_alerts(self, session, customer: Customer, event: dict[str, Any]) -> bool:
+        """A pending ledger row per channel that cares; False when none does."""
+        if customer.erased_at is not None:
+            return False
+        sync = self.deps.config.sync
+        routes = alerts.route(
+            event, self.rules, self.deps.config.departments, sync.broadcast_overdue_over
+        )
+        if not routes:
+            return False
+        channels = session.info.get("channels")  # once per transaction
+        if channels is None:
+            departments = await all_departments(session)
+            channels = {key: d.channel_id for key, d in departments.items()}
+            session.info["channels"] = channels
+        line = alerts.summary(event)
+        added = False
+        for target in alerts.by_channel(routes, channels):
+            ledger.add_alert(
+                session,
+                self.deps.vault,
+                customer,
+                event_id=event["id"],
+                channel_id=target.channel,
+                line=line,
+                placement=target.placement,
+                broadcast=target.broadcast,
+            )
+            added = True
+        return added
+
+
+def _fail(futures, error: Exception) -> None:
+    """Nobody waits forever: the callers get an error (and the broker retries)."""
+    for future in futures:
+        if not future.done():
+            future.set_exception(error)
+
+
+def parse_time_or(text: str | None, default: datetime) -> datetime:
+    try:
+        return datetime.fromisoformat(text) if text else default
+    except ValueError:
+        return default
+
+
+# --- wiring -----------------------------------------------------------------------------------
+
+
+def syncer(deps: Deps) -> Sync:
+    """The one Sync of these deps (the consumer's callback and the job share its state)."""
+    found = deps.__dict__.get("_sync")
+    if found is None:
+        found = deps.__dict__["_sync"] = Sync(deps)
+    return found
+
+
+def make_handler(deps: Deps):
+    """(handle(body, attempt), permanent error types) for bot.broker.Consumer."""
+    return syncer(deps).handle, (InvalidEvent,)
+
+
+def jobs(deps: Deps) -> list:
+    """Posts alerts held back by the coalescing window, and any left by a failed post."""
+    delivery = syncer(deps).delivery
+    return [("sync-alerts", delivery.flush_interval, delivery.flush)]

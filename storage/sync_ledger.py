@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import func, select, update
+from sqlalchemy import bindparam, func, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
@@ -123,6 +123,27 @@ async def pending_for(session: AsyncSession, customer_id: uuid.UUID) -> list[Ale
     return list((await session.execute(stmt)).scalars())
 
 
+async def pending_for_many(
+    session: AsyncSession, customer_ids: Sequence[uuid.UUID]
+) -> list[AlertDelivery]:
+    stmt = (
+        select(AlertDelivery)
+        .where(AlertDelivery.customer_id.in_(list(customer_ids)), AlertDelivery.status == PENDING)
+        .order_by(AlertDelivery.created_at, AlertDelivery.event_id)
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def threads_of_many(
+    session: AsyncSession, customer_ids: Sequence[uuid.UUID]
+) -> dict[tuple[uuid.UUID, str], str]:
+    """(customer, channel) -> thread ts."""
+    stmt = select(CustomerThread).where(CustomerThread.customer_id.in_(list(customer_ids)))
+    return {
+        (t.customer_id, t.channel_id): t.thread_ts for t in (await session.execute(stmt)).scalars()
+    }
+
+
 async def has_pending(session: AsyncSession, customer_id: uuid.UUID) -> bool:
     stmt = select(func.count()).where(
         AlertDelivery.customer_id == customer_id, AlertDelivery.status == PENDING
@@ -153,21 +174,46 @@ async def settle(
     *,
     ts: str | None = None,
     error: str | None = None,
-) -> int:
-    """Move pending rows to `status`; rows already settled are left alone. Returns how many."""
-    total = 0
-    for event_id, channel_id in keys:
-        result = await session.execute(
-            update(AlertDelivery)
-            .where(
-                AlertDelivery.event_id == event_id,
-                AlertDelivery.channel_id == channel_id,
-                AlertDelivery.status == PENDING,
-            )
-            .values(status=status, ts=ts, error=error, posted_at=utcnow())
+) -> None:
+    """Move pending rows to `status`; rows already settled are left alone."""
+    await settle_many(session, [(key, status, ts, error) for key in keys])
+
+
+Settlement = tuple[DeliveryKey, str, str | None, str | None]  # key, status, ts, error
+
+
+async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) -> None:
+    """Several rows at once (one executemany); only rows still pending change."""
+    if not settlements:
+        return
+    table = AlertDelivery.__table__
+    stmt = (
+        update(table)
+        .where(
+            table.c.event_id == bindparam("k_event"),
+            table.c.channel_id == bindparam("k_channel"),
+            table.c.status == PENDING,
         )
-        total += result.rowcount or 0
-    return total
+        .values(
+            status=bindparam("v_status"),
+            ts=bindparam("v_ts"),
+            error=bindparam("v_error"),
+            posted_at=bindparam("v_at"),
+        )
+    )
+    now = utcnow()
+    params = [
+        {
+            "k_event": event_id,
+            "k_channel": channel_id,
+            "v_status": status,
+            "v_ts": ts,
+            "v_error": error,
+            "v_at": now,
+        }
+        for (event_id, channel_id), status, ts, error in settlements
+    ]
+    await session.execute(stmt, params)
 
 
 # --- per-customer threads ---------------------------------------------------------------------

@@ -1,5 +1,6 @@
 """The customer repository on SQLite and PostgreSQL: encryption at rest, search, ordering, erasure."""
 
+import asyncio
 import shutil
 import subprocess
 import uuid
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 from sqlalchemy import func, select
 
-from storage.customers import Customers, StaleEdit
 from storage.crypto import CryptoError, KeyRing
+from storage.customers import Customers, StaleEdit
 from storage.db import Database
 from storage.models import BlindIndex, Customer, TimelineEntry
 from storage.rotation import reindex, rewrap
@@ -254,7 +255,8 @@ async def test_no_personal_value_in_the_raw_database(db, vault, db_url, tmp_path
         from sqlalchemy.engine import make_url
 
         u = make_url(db_url)
-        raw = subprocess.run(
+        raw = await asyncio.to_thread(
+            subprocess.run,
             [
                 "pg_dump",
                 "-h",

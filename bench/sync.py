@@ -1,0 +1,414 @@
+"""Benchmark: RabbitMQ sync events consumed end to end, beside a bare and a naive consumer.
+
+    .venv/bin/python -m bench.sync                      # 20,000 events, SQLite
+    .venv/bin/python -m bench.sync --events 2000 --db postgresql
+    .venv/bin/python -m bench.sync --backlog 100000     # peak memory with a backlog
+
+Rows of the table (all in the same run, over the same events):
+- bare aio-pika: a consumer that only acks (prefetch as the bot's): the ceiling here;
+- naive: pika's BlockingConnection consuming one message at a time and calling slack_sdk's
+  WebClient.chat_postMessage per event, then acking (what a hurried team would write);
+- crm-bot: the real BotService: every event validated, applied in a transaction (customer
+  fields encrypted, blind indexes, timeline entry sealed), alerts routed, posted to the sandbox
+  in per-customer threads (pacing lifted: Tuning(per_channel_interval=0); coalescing off, so
+  every alert is its own post, the worst case) and recorded in the delivery ledger;
+- crm-bot paced: the per-channel pacing on its own (SlackOut at 10 posts/s/channel, burst 3).
+`--backlog N` publishes N events first, then starts the bot and samples its RSS while it
+consumes (prefetch bounds what is held in memory). Everything runs in a throwaway vhost
+(`crm-bench-<hex>`, deleted at the end) and a throwaway database; the sandbox runs in a
+process of its own so its message store does not count toward the bot's memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import logging
+import multiprocessing as mp
+import os
+import random
+import secrets
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import quote, urlsplit, urlunsplit
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import aio_pika
+from sqlalchemy import func, select
+
+from bench.common import customers, table, throwaway_database
+from bot.broker import declare_topology
+from bot.broker.messages import event_message
+from bot.config import Settings, parse_config
+from bot.service import BotService, Tuning
+from storage.models import AlertDelivery, ProcessedEvent
+
+TOKEN = "xoxb-bench-token"
+SECRET = "bench-signing-secret"
+KEYS = "bench:" + base64.b64encode(b"\x07" * 32).decode()
+AMQP = os.environ.get("CRM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+SALES, SERVICE, FINANCE = "C0SALES01", "C0SERVICE", "C0FINANCE"
+CONFIG = f"""
+[departments.sales]
+name = "Sales"
+channel = "{SALES}"
+members = ["U0ALICE01"]
+[departments.service]
+name = "Customer Service"
+channel = "{SERVICE}"
+members = ["U0DAVE001"]
+[departments.finance]
+name = "Finance"
+channel = "{FINANCE}"
+members = ["U0GRACE01"]
+[sync]
+coalesce_seconds = 0
+"""
+
+
+# --- events -----------------------------------------------------------------------------------
+
+
+def events(n: int, n_customers: int, seed: int = 11) -> Iterator[dict]:
+    """Each customer is created first, then a mix: a third of the events raise an alert."""
+    rnd = random.Random(seed)
+    people = customers(min(n, n_customers))
+    base = 1_770_000_000
+    for i in range(n):
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base + i))
+        common = {"spec": "crm.sync/1", "id": f"bench-{i}", "occurred_at": at, "source": "bench"}
+        if i < len(people):
+            yield {**common, "type": "customer.upserted", "customer": people[i]}
+            continue
+        ext = {"external_id": people[rnd.randrange(len(people))]["external_id"]}
+        roll = rnd.random()
+        if roll < 0.35:
+            tier = rnd.choice(["strategic", "enterprise", "mid_market", "smb"])
+            body = {"type": "customer.upserted", "customer": {**ext, "tier": tier}}
+        elif roll < 0.50:
+            stage = rnd.choice(["proposal", "negotiation", "closed_won"])
+            data = {"deal_id": f"D-{i}", "name": "Renewal", "stage": stage, "amount": 12000}
+            body = {"type": "deal.stage_changed", "customer": ext, "data": data}
+        elif roll < 0.65:
+            kind = rnd.choice(["ticket.opened", "ticket.escalated", "ticket.resolved"])
+            data = {"ticket_id": f"T-{i}", "subject": "Cannot log in", "priority": "high"}
+            body = {"type": kind, "customer": ext, "data": data}
+        elif roll < 0.75:
+            data = {"invoice_id": f"I-{i}", "amount": 800, "currency": "EUR", "days_overdue": 9}
+            body = {"type": "invoice.overdue", "customer": ext, "data": data}
+        elif roll < 0.90:
+            data = {"invoice_id": f"I-{i}", "amount": 800, "currency": "EUR"}
+            body = {"type": "payment.received", "customer": ext, "data": data}
+        else:
+            body = {
+                "type": "lead.qualified",
+                "customer": ext,
+                "data": {"campaign": "spring", "score": 70},
+            }
+        yield {**common, **body}
+
+
+async def publish(url: str, bodies: Iterator[dict], *, queue: str | None = None) -> int:
+    """Publish (confirmed) to crm.events, or straight to `queue` through the default exchange."""
+    connection = await aio_pika.connect(url)
+    sent = 0
+    try:
+        channel = await connection.channel()
+        if queue is None:
+            exchange = await channel.declare_exchange(
+                "crm.events", aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        else:
+            await channel.declare_queue(queue, durable=True)
+            exchange = channel.default_exchange
+        chunk: list = []
+        for body in bodies:
+            key = body["type"] if queue is None else queue
+            chunk.append(exchange.publish(event_message(body), routing_key=key))
+            if len(chunk) >= 500:
+                await asyncio.gather(*chunk)
+                sent += len(chunk)
+                chunk = []
+        await asyncio.gather(*chunk)
+        sent += len(chunk)
+    finally:
+        await connection.close()
+    return sent
+
+
+# --- the sandbox, in a process of its own -----------------------------------------------------
+
+
+def _sandbox_main(conn) -> None:
+    from bot.sandbox import Sandbox
+
+    async def run() -> None:
+        sandbox = await Sandbox.start(bot_token=TOKEN)
+        conn.send(sandbox.api_url)
+        await asyncio.get_running_loop().run_in_executor(None, conn.recv)  # until told to stop
+        await sandbox.stop()
+
+    asyncio.run(run())
+
+
+class SandboxProcess:
+    def __enter__(self) -> str:
+        ctx = mp.get_context("spawn")
+        self.conn, child = ctx.Pipe()
+        self.process = ctx.Process(target=_sandbox_main, args=(child,), daemon=True)
+        self.process.start()
+        return self.conn.recv()
+
+    def __exit__(self, *exc: object) -> None:
+        self.conn.send("stop")
+        self.process.join(10)
+        if self.process.is_alive():
+            self.process.terminate()
+
+
+# --- vhost ------------------------------------------------------------------------------------
+
+
+def rabbitmqctl(*args: str) -> None:
+    subprocess.run(["rabbitmqctl", *args], check=True, capture_output=True, timeout=60)
+
+
+class Vhost:
+    def __enter__(self) -> str:
+        self.name = f"crm-bench-{secrets.token_hex(4)}"
+        user = urlsplit(AMQP).username or "guest"
+        rabbitmqctl("add_vhost", self.name)
+        rabbitmqctl("set_permissions", "-p", self.name, user, ".*", ".*", ".*")
+        parts = urlsplit(AMQP)
+        return urlunsplit(parts._replace(path="/" + quote(self.name, safe="")))
+
+    def __exit__(self, *exc: object) -> None:
+        for _ in range(10):
+            try:
+                rabbitmqctl("delete_vhost", self.name)
+                return
+            except subprocess.CalledProcessError:
+                time.sleep(3)  # the broker is being restarted by someone else
+        print(f"could not delete vhost {self.name}; delete it by hand", file=sys.stderr)
+
+
+# --- the three consumers ----------------------------------------------------------------------
+
+
+async def bare(url: str, n: int, prefetch: int) -> float:
+    await publish(url, events(n, n), queue="bench.bare")
+    connection = await aio_pika.connect(url)
+    done = asyncio.Event()
+    seen = 0
+    channel = await connection.channel()
+    await channel.set_qos(prefetch_count=prefetch)
+    queue = await channel.declare_queue("bench.bare", durable=True)
+
+    async def on_message(message) -> None:
+        nonlocal seen
+        await message.ack()
+        seen += 1
+        if seen >= n:
+            done.set()
+
+    started = time.perf_counter()
+    await queue.consume(on_message)
+    await done.wait()
+    elapsed = time.perf_counter() - started
+    await connection.close()
+    return elapsed
+
+
+def _naive_consume(url: str, api_url: str, n: int) -> float:
+    import pika
+    from slack_sdk import WebClient
+
+    client = WebClient(token=TOKEN, base_url=api_url)
+    started = time.perf_counter()
+    seen = 0
+    while seen < n:  # the broker is shared: reconnect if someone restarts it meanwhile
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(url))
+            channel = connection.channel()
+            channel.basic_qos(prefetch_count=1)
+            for method, _props, body in channel.consume("bench.naive"):
+                event = json.loads(body)
+                text = f"{event['type']} {event['customer']}"
+                client.chat_postMessage(channel=SALES, text=text)
+                channel.basic_ack(method.delivery_tag)
+                seen += 1
+                if seen >= n:
+                    break
+            channel.cancel()
+            connection.close()
+        except pika.exceptions.AMQPError:
+            time.sleep(1)
+    return time.perf_counter() - started
+
+
+async def naive(url: str, api_url: str, n: int) -> float:
+    await publish(url, events(n, n), queue="bench.naive")
+    return await asyncio.to_thread(_naive_consume, url, api_url, n)
+
+
+async def _counts(service: BotService) -> tuple[int, int, int]:
+    async with service.deps.db.transaction() as session:
+        done = (await session.execute(select(func.count()).select_from(ProcessedEvent))).scalar()
+        rows = await session.execute(
+            select(AlertDelivery.status, func.count()).group_by(AlertDelivery.status)
+        )
+        by_status = dict(rows.all())
+    return done, by_status.get("pending", 0), by_status.get("posted", 0)
+
+
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+async def crm_bot(
+    url: str, api_url: str, db_url: str, n: int, n_customers: int, prefetch: int, limit: float
+) -> dict:
+    connection = await aio_pika.connect(url)
+    await declare_topology(await connection.channel())
+    await connection.close()
+    await publish(url, events(n, n_customers))
+    settings = Settings(
+        _env_file=None,
+        slack_bot_token=TOKEN,
+        slack_signing_secret=SECRET,
+        slack_api_url=api_url,
+        database_url=db_url,
+        crm_master_keys=KEYS,
+        amqp_url=url,
+    )
+    service = BotService(
+        settings, parse_config(CONFIG), Tuning(per_channel_interval=0, prefetch=prefetch)
+    )
+    rss_before = rss_mb()
+    peak = rss_before
+    started = time.perf_counter()
+    await service.start(port=0)
+    applied_at = None
+    try:
+        while True:
+            done, pending, posted = await _counts(service)
+            peak = max(peak, rss_mb())
+            now = time.perf_counter() - started
+            if done >= n and applied_at is None:
+                applied_at = now
+            if (done >= n and pending == 0) or now > limit:
+                break
+            await asyncio.sleep(0.25)
+        elapsed = time.perf_counter() - started
+    finally:
+        await service.stop()
+    return {
+        "elapsed": elapsed,
+        "applied_at": applied_at,
+        "done": done,
+        "posted": posted,
+        "pending": pending,
+        "rss_before": rss_before,
+        "rss_peak": peak,
+    }
+
+
+async def paced(api_url: str, posts: int = 30) -> float:
+    from bot.slack_out import SlackOut, make_client
+
+    slack = SlackOut(make_client(TOKEN, api_url), per_channel_interval=0.1, burst=3)
+    started = time.perf_counter()
+    await asyncio.gather(*(slack.post(SALES, f"paced {i}") for i in range(posts)))
+    return posts / (time.perf_counter() - started)
+
+
+# --- main -------------------------------------------------------------------------------------
+
+
+async def main(args: argparse.Namespace) -> None:
+    logging.basicConfig(level=logging.WARNING)
+    n = args.events
+    with Vhost() as url, SandboxProcess() as api_url, tempfile.TemporaryDirectory() as tmp:
+        if args.backlog:
+            async with throwaway_database(args.db, tmp) as db_url:
+                r = await crm_bot(
+                    url, api_url, db_url, args.backlog, 2000, args.prefetch, args.seconds
+                )
+            print(
+                table(
+                    ["backlog", "consumed", "seconds", "events/s", "RSS at start MB", "peak MB"],
+                    [
+                        [
+                            args.backlog,
+                            r["done"],
+                            r["elapsed"],
+                            r["done"] / r["elapsed"],
+                            r["rss_before"],
+                            r["rss_peak"],
+                        ]
+                    ],
+                )
+            )
+            return
+        rows = []
+        t = await bare(url, n, args.prefetch)
+        rows.append(["bare aio-pika (ack only)", n, t, n / t, "-"])
+        print(rows[-1], flush=True)
+        naive_n = min(n, args.naive_events or n)
+        t = await naive(url, api_url, naive_n)
+        rows.append(["naive (pika + WebClient per event)", naive_n, t, naive_n / t, naive_n])
+        print(rows[-1], flush=True)
+        async with throwaway_database(args.db, tmp) as db_url:
+            r = await crm_bot(url, api_url, db_url, n, args.customers, args.prefetch, 900)
+        rows.append(
+            [
+                f"crm-bot end to end ({args.db})",
+                r["done"],
+                r["elapsed"],
+                r["done"] / r["elapsed"],
+                r["posted"],
+            ]
+        )
+        print(rows[-1], f"applied after {r['applied_at']:.1f}s", flush=True)
+        rate = await paced(api_url)
+        rows.append(["SlackOut paced 10/s/channel (1 channel)", 30, 30 / rate, rate, 30])
+        ceiling = rows[0][3]
+        print()
+        print(
+            table(
+                ["consumer", "events", "seconds", "events/s", "alerts posted"],
+                rows,
+            )
+        )
+        print(
+            f"\ncrm-bot: {rows[2][3] / ceiling:.1%} of the bare ceiling, "
+            f"{rows[2][3] / rows[1][3]:.1f}x the naive consumer; "
+            f"RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB"
+        )
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--events", type=int, default=20_000)
+    p.add_argument("--customers", type=int, default=2_000)
+    p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
+    p.add_argument("--prefetch", type=int, default=64)
+    p.add_argument("--naive-events", type=int, default=0, help="cap the naive run (0: all)")
+    p.add_argument("--backlog", type=int, default=0, help="peak-memory mode with N queued")
+    p.add_argument("--seconds", type=float, default=120, help="backlog mode: consume this long")
+    return p.parse_args(argv)
+
+
+if __name__ == "__main__":
+    asyncio.run(main(parse_args()))

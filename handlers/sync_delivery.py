@@ -1,0 +1,285 @@
+"""Posting sync alerts from the delivery ledger, and keeping shared cards up to date.
+
+Every alert is a ledger row (storage/sync_ledger.py) written `pending` with the event it
+comes from. `deliver(customer)` posts a customer's pending alerts, channel by channel:
+
+- reserve, post, confirm: one delivery worker posts (so the consumer and the flush job never
+  post the same rows); a round loads the pending rows of the customers waiting in one
+  transaction, then each post is recorded (`posted`, with the message ts; a new thread's ts)
+  in a small transaction of its own before that customer's next post. A redelivered event
+  finds nothing pending and posts nothing. When the database fails at such a commit, the
+  worker keeps what was posted in memory and records it first in the next round, so a
+  database outage doubles nothing. The one double window: the process dies between Slack's
+  answer and that commit (per customer and channel, at most the one message being recorded,
+  or a thread header); it is posted again after the restart.
+- one process: the worker serialises posting within a process. Two replicas consuming the
+  same queue would need a claim in the database (status `posting` with a lease) to not post
+  the same rows twice; not built.
+- threads: the first alert about a customer in a channel posts the customer header
+  (`short_card`) and the alert as a reply to it; later alerts reply in that thread, with
+  `reply_broadcast` when a rule (or the default for urgent tickets and large overdue invoices)
+  asks; `top_level` alerts are posted in the channel, naming the customer.
+- bursts: after a post in a channel, that customer's next alerts there wait until
+  `coalesce_seconds` have passed and then go out as ONE message with the count and the list.
+  They wait as pending rows in the database, so a restart loses none; the flush job
+  (`jobs()`) posts them once due. 200 updates in a minute make at most
+  1 + 60 / coalesce_seconds messages per channel.
+- failures: a transient Slack error (429 after retries, 5xx, connection) leaves the rows
+  pending and is raised at the end, so the consumer retries the event (and the job tries
+  again); a permanent one (channel_not_found, is_archived, ...) marks the rows `failed` with
+  the kind, logged: retrying cannot help. An erased customer's pending alerts are `dropped`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from sqlalchemy import select
+
+from bot import metrics
+from bot.blocks.alerts import alert_message, thread_header
+from bot.blocks.customers import redacted_card
+from bot.slack_out import SlackError
+from storage import shared_cards
+from storage import sync_ledger as ledger
+from storage.customers import CustomerRecord, Customers
+from storage.models import Customer, CustomerThread
+
+from . import alerts
+
+if TYPE_CHECKING:
+    from .deps import Deps
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH = 200  # customers per delivery round
+POST_CONCURRENCY = 32  # customers posted for at once
+
+
+@dataclass
+class _Done:
+    """What a delivery round did, recorded in one transaction at its end."""
+
+    settled: list[ledger.Settlement] = field(default_factory=list)
+    threads: list[tuple[uuid.UUID, str, str]] = field(default_factory=list)
+
+
+class Delivery:
+    def __init__(self, deps: Deps) -> None:
+        self.deps = deps
+        self._waiting: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
+        self._worker: asyncio.Task[None] | None = None
+        self._unconfirmed = _Done()  # posted, not yet recorded (the database failed)
+        # (customer, channel) -> when an alert was last posted there; entries older than the
+        # window are pruned by the flush job, so this holds only the customers active now.
+        self.recent: dict[tuple[uuid.UUID, str], datetime] = {}
+
+    @property
+    def window(self) -> float:
+        return self.deps.config.sync.coalesce_seconds
+
+    @property
+    def flush_interval(self) -> float:
+        return min(1.0, max(0.1, self.window / 4))
+
+    # --- alerts -------------------------------------------------------------------------------
+
+    async def deliver(self, customer_id: uuid.UUID) -> None:
+        """Post what is pending and due for this customer; raise its first transient error.
+
+        Callers wait on one delivery worker, which takes every customer waiting at that
+        moment: one transaction loads their alerts, the posts run concurrently (one customer's
+        in order), one transaction records them. The worker is the only poster, so the
+        consumer and the flush job never post the same rows."""
+        future = asyncio.get_running_loop().create_future()
+        self._waiting.setdefault(customer_id, []).append(future)
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.get_running_loop().create_task(self._deliver_waiting())
+        await future
+
+    async def _deliver_waiting(self) -> None:
+        while self._waiting:
+            ids = list(itertools.islice(self._waiting, MAX_BATCH))
+            futures = {cid: self._waiting.pop(cid) for cid in ids}
+            try:
+                failures = await self._deliver_batch(ids)
+            except asyncio.CancelledError:
+                for future in itertools.chain.from_iterable(futures.values()):
+                    if not future.done():
+                        future.set_exception(RuntimeError("stopped while delivering"))
+                raise
+            except Exception as exc:  # the database: every caller retries
+                failures = dict.fromkeys(ids, exc)
+            for cid, waiting in futures.items():
+                for future in waiting:
+                    if future.done():
+                        continue
+                    failure = failures.get(cid)
+                    if failure is None:
+                        future.set_result(None)
+                    else:
+                        future.set_exception(failure)
+
+    async def _deliver_batch(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Exception]:
+        loaded = await self._load(ids)
+        now = self.deps.clock()
+        failures: dict[uuid.UUID, Exception] = {}
+        gate = asyncio.Semaphore(POST_CONCURRENCY)
+
+        async def one(record: CustomerRecord, by_channel, threads) -> None:
+            async with gate:
+                for channel, items in by_channel.items():
+                    if not alerts.is_due(self.recent.get((record.id, channel)), now, self.window):
+                        continue  # coalesced: the flush job posts them once the window passed
+                    try:
+                        await self._post(record, channel, threads.get(channel), items)
+                    except SlackError as exc:
+                        if exc.transient:
+                            failures.setdefault(record.id, exc)
+                            continue
+                        log.warning(
+                            "alerts for customer %s in %s failed for good: %s",
+                            record.id,
+                            channel,
+                            exc.kind,
+                        )
+                        failed = [(p.key, ledger.FAILED, None, exc.kind) for p in items]
+                        await self._record(_Done(settled=failed))
+
+        # Every customer's posts end before the round does (the next round may post for them).
+        results = await asyncio.gather(*(one(*e) for e in loaded), return_exceptions=True)
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0]
+        return failures
+
+    async def _record(self, done: _Done) -> None:
+        """Record what was just posted (or failed for good), before the next post. If the
+        database fails now, keep it: the next round writes it first, so what Slack already has
+        is not posted again."""
+        try:
+            async with self.deps.db.transaction() as session:
+                for customer_id, channel, ts in done.threads:
+                    ledger.start_thread(session, customer_id, channel, ts)
+                await ledger.settle_many(session, done.settled)
+        except Exception:
+            self._unconfirmed.settled += done.settled
+            self._unconfirmed.threads += done.threads
+            raise
+
+    async def _confirm(self, session) -> None:
+        for customer_id, channel, ts in self._unconfirmed.threads:
+            if await session.get(CustomerThread, (customer_id, channel)) is None:
+                ledger.start_thread(session, customer_id, channel, ts)
+        await ledger.settle_many(session, self._unconfirmed.settled)
+
+    async def _load(self, ids: list[uuid.UUID]):
+        """[(record, pending alerts per channel, thread ts per channel)] for customers with
+        something to post. An erased (or vanished) customer's alerts are dropped."""
+        confirming = bool(self._unconfirmed.settled or self._unconfirmed.threads)
+        async with self.deps.db.transaction() as session:
+            if confirming:
+                await self._confirm(session)
+            rows = await ledger.pending_for_many(session, ids)
+            if not rows:
+                return []
+            wanted = {r.customer_id for r in rows}
+            customers = {
+                c.id: c
+                for c in (
+                    await session.execute(select(Customer).where(Customer.id.in_(wanted)))
+                ).scalars()
+            }
+            threads = await ledger.threads_of_many(session, list(wanted))
+            repo = Customers(session, self.deps.vault)
+            out: dict[uuid.UUID, tuple[CustomerRecord, dict, dict]] = {}
+            dropped = []
+            for row in rows:
+                customer = customers.get(row.customer_id)
+                if customer is None or customer.erased_at is not None:
+                    dropped.append(((row.event_id, row.channel_id), ledger.DROPPED, None, None))
+                    continue
+                if customer.id not in out:
+                    mine = {ch: ts for (cid, ch), ts in threads.items() if cid == customer.id}
+                    out[customer.id] = (repo.read(customer), {}, mine)
+                line = ledger.open_line(self.deps.vault, customer, row) or row.event_id
+                out[customer.id][1].setdefault(row.channel_id, []).append(
+                    alerts.Pending(
+                        (row.event_id, row.channel_id), line, row.placement, row.broadcast
+                    )
+                )
+            await ledger.settle_many(session, dropped)
+        if confirming:
+            self._unconfirmed = _Done()
+        return list(out.values())
+
+    async def _post(
+        self,
+        record: CustomerRecord,
+        channel: str,
+        thread_ts: str | None,
+        items: list[alerts.Pending],
+    ) -> None:
+        slack = self.deps.slack
+        for batch in alerts.batches(items):
+            lines = [p.line for p in batch.items]
+            if batch.placement == alerts.TOP_LEVEL:
+                text, blocks = alert_message(lines, customer=record)
+                posted = await slack.post(channel, text, blocks)
+            else:
+                if thread_ts is None:
+                    text, blocks = thread_header(record)
+                    thread_ts = (await slack.post(channel, text, blocks))["ts"]
+                    await self._record(_Done(threads=[(record.id, channel, thread_ts)]))
+                text, blocks = alert_message(lines)
+                posted = await slack.post(
+                    channel, text, blocks, thread_ts=thread_ts, reply_broadcast=batch.broadcast
+                )
+            metrics.alerts_posted_total.inc(len(batch.items))
+            settled = [(key, ledger.POSTED, posted["ts"], None) for key in batch.keys]
+            await self._record(_Done(settled=settled))
+            self.recent[(record.id, channel)] = self.deps.clock()
+
+    async def flush(self) -> None:
+        """The job: post every customer's pending alerts that are due."""
+        self._prune()
+        async with self.deps.db.transaction() as session:
+            customer_ids = await ledger.customers_with_pending(session)
+        results = await asyncio.gather(
+            *(self.deliver(c) for c in customer_ids), return_exceptions=True
+        )
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            log.info("%d customers' alerts wait (%s)", len(failed), type(failed[0]).__name__)
+
+    def _prune(self) -> None:
+        horizon = self.deps.clock() - timedelta(seconds=self.window)
+        for key in [k for k, at in self.recent.items() if at <= horizon]:
+            del self.recent[key]
+
+    # --- live cards ---------------------------------------------------------------------------
+
+    async def refresh_cards(self, customer_id: uuid.UUID) -> None:
+        """Update every card of this customer shared to a channel (chat.update), so none shows
+        stale data. Transient failures raise (the event is retried); a card whose message is
+        gone is skipped."""
+        async with self.deps.db.transaction() as session:
+            cards = await shared_cards.for_customer(session, customer_id)
+            customer = await session.get(Customer, customer_id)
+            if not cards or customer is None:
+                return
+            record = Customers(session, self.deps.vault).read(customer)
+        text, blocks = redacted_card(record)
+        for card in cards:
+            try:
+                await self.deps.slack.update(card.channel_id, card.ts, text, blocks)
+            except SlackError as exc:
+                if exc.transient:
+                    raise
+                log.warning("shared card %s not updated: %s", card.id, exc.kind)

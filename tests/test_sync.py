@@ -1,0 +1,479 @@
+"""RabbitMQ sync through the real bot: events published to RabbitMQ, effects read from the
+database and the sandbox Slack. Every test runs on SQLite and on PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import aio_pika
+import aiohttp
+import pytest
+from sqlalchemy import func, select
+
+from bot import metrics
+from bot.broker import EXCHANGE, dlq_list
+from bot.broker.messages import event_message
+from bot.config import parse_config
+from bot.service import Tuning
+from bot.slack_out import make_client
+from storage import outbox, shared_cards
+from storage.customers import Customers
+from storage.models import AlertDelivery, Customer, ProcessedEvent, TimelineEntry
+from tests.fixtures.amqp import rabbitmqctl
+from tests.fixtures.bot import (
+    FINANCE,
+    GENERAL,
+    MARKETING,
+    SALES,
+    SERVICE,
+    TEST_CONFIG,
+    Harness,
+    bot_settings,
+    start_bot,
+)
+from tests.fixtures.slack import BOT_TOKEN, block_texts, eventually
+
+_ids = itertools.count(1)
+
+
+def ev(type_: str, ext: str = "C-1", data=None, at="2026-03-01T10:00:00Z", src="crm", **cust):
+    body = {
+        "spec": "crm.sync/1",
+        "id": f"ev-{next(_ids)}",
+        "type": type_,
+        "occurred_at": at,
+        "source": src,
+        "customer": {"external_id": ext, **cust},
+    }
+    if data is not None:
+        body["data"] = data
+    return body
+
+
+def won(ext="C-1", deal="D-1", **kw):
+    data = {"deal_id": deal, "name": "Renewal", "stage": "closed_won", "amount": 12000}
+    return ev("deal.stage_changed", ext, {**data, "currency": "EUR"}, **kw)
+
+
+def ticket(kind="ticket.escalated", ext="C-1", tid="T-1", priority="urgent", subject="Login down"):
+    data = {"ticket_id": tid, "subject": subject, "priority": priority}
+    return ev(kind, ext, data)
+
+
+def overdue(ext="C-1", amount=25000, inv="I-1"):
+    data = {"invoice_id": inv, "amount": amount, "currency": "EUR", "days_overdue": 12}
+    return ev("invoice.overdue", ext, data)
+
+
+def lead(ext="C-1", score=80):
+    return ev("lead.qualified", ext, {"campaign": "spring", "score": score})
+
+
+def outcome(name: str) -> float:
+    return metrics.REGISTRY.get_sample_value("crm_sync_events_total", {"outcome": name}) or 0.0
+
+
+def posted_total() -> float:
+    return metrics.REGISTRY.get_sample_value("crm_alerts_posted_total") or 0.0
+
+
+class Publisher:
+    def __init__(self, url: str):
+        self.url = url
+        self.connection: aio_pika.abc.AbstractConnection | None = None
+
+    async def send(self, *bodies: dict | bytes) -> None:
+        if self.connection is None or self.connection.is_closed:
+            self.connection = await aio_pika.connect(self.url)
+            self.channel = await self.connection.channel()
+            self.exchange = await self.channel.declare_exchange(
+                EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        for i in range(0, len(bodies), 200):
+            await asyncio.gather(*(self._one(b) for b in bodies[i : i + 200]))
+
+    async def _one(self, body: dict | bytes) -> None:
+        if isinstance(body, bytes):
+            message = aio_pika.Message(body, delivery_mode=aio_pika.DeliveryMode.PERSISTENT)
+            await self.exchange.publish(message, routing_key="ticket.opened")
+        else:
+            await self.exchange.publish(event_message(body), routing_key=body["type"])
+
+    async def close(self) -> None:
+        if self.connection is not None and not self.connection.is_closed:
+            await self.connection.close()
+
+
+SyncBot = Callable[..., Awaitable[Harness]]
+
+
+@pytest.fixture
+async def sync_bot(db, db_url, sandbox, amqp_url) -> AsyncIterator[SyncBot]:
+    """`bot = await sync_bot(extra_toml)`: the real bot consuming from RabbitMQ; `bot.publish`
+    sends events; Slack retries are quick (the sandbox's 5xx would otherwise take seconds)."""
+    started: list[Harness] = []
+    publisher = Publisher(amqp_url)
+
+    async def start(extra: str = "[sync]\ncoalesce_seconds = 0\n") -> Harness:
+        harness = await start_bot(
+            bot_settings(db_url, sandbox, amqp_url=amqp_url),
+            sandbox,
+            config=parse_config(TEST_CONFIG + extra),
+            tuning=Tuning(per_channel_interval=0, retry_delays=(0.1, 0.2, 0.3), outbox_poll=0.1),
+        )
+        harness.deps.slack.client = make_client(BOT_TOKEN, sandbox.api_url, backoff=0.01)
+        harness.publish = publisher.send  # type: ignore[attr-defined]
+        harness.publisher = publisher  # type: ignore[attr-defined]
+        started.append(harness)
+        return harness
+
+    yield start
+    await publisher.close()
+    for harness in started:
+        await harness.sim.close()
+        await harness.service.stop()
+
+
+async def count(bot: Harness, model, *where) -> int:
+    async with bot.deps.db.transaction() as session:
+        stmt = select(func.count()).select_from(model).where(*where)
+        return (await session.execute(stmt)).scalar_one()
+
+
+async def processed(bot: Harness, n: int, within: float = 10) -> None:
+    await eventually(lambda: _at_least(bot, ProcessedEvent, n), within=within)
+
+
+async def _at_least(bot, model, n) -> bool:
+    return await count(bot, model) >= n
+
+
+async def record(bot: Harness, ext: str):
+    async with bot.deps.db.transaction() as session:
+        customers = Customers(session, bot.deps.vault)
+        customer = await customers.by_external_id(ext)
+        return customers.read(customer) if customer else None
+
+
+def thread_about(bot: Harness, channel: str, name: str) -> list[dict]:
+    """The thread whose header names this customer."""
+    for message in bot.store.messages(channel):
+        if message.get("subtype") != "thread_broadcast" and name in block_texts(
+            message.get("blocks") or []
+        ):
+            return bot.store.thread(channel, message["ts"])
+    raise AssertionError(f"no thread about {name} in {channel}")
+
+
+def replies(bot: Harness, channel: str) -> list[str]:
+    """Every alert text in a channel's threads, header first per thread."""
+    return [block_texts(m.get("blocks") or []) for m in bot.store.all_messages(channel)]
+
+
+async def test_each_type_is_applied_and_alerted_in_the_right_threads(sync_bot):
+    bot = await sync_bot()
+    ada = ev("customer.upserted", name="Ada Lovelace", email="ada@example.com", tier="strategic")
+    await bot.publish(ada, ev("customer.upserted", "C-2", name="Grace Hopper"))
+    await processed(bot, 2)
+    stream = [
+        lead(),
+        won(),
+        ticket(),  # urgent: broadcast
+        overdue(),  # over 10,000: broadcast
+        ev("payment.received", data={"invoice_id": "I-1", "amount": 5, "currency": "EUR"}),
+        ticket("ticket.opened", tid="T-2", priority="low"),
+        ticket("ticket.resolved"),
+        won("C-2", "D-9"),
+        ev("customer.upserted", tier="enterprise"),
+    ]
+    await bot.publish(*stream)
+    await processed(bot, 11)
+    await eventually(lambda: _none_pending(bot))
+
+    # sales: Ada's thread (lead, escalated ticket, overdue invoice); nothing about C-2
+    sales = bot.store.messages(SALES)
+    headers = [m for m in sales if m.get("subtype") != "thread_broadcast"]
+    assert len(headers) == 1 and "Ada Lovelace" in block_texts(headers[0]["blocks"])
+    assert "ada@example.com" not in json.dumps(sales)
+    thread = bot.store.thread(SALES, headers[0]["ts"])
+    assert [m["text"].split(":")[0] for m in thread[1:]] == [
+        "Lead qualified",
+        "Ticket [T-1] escalated (urgent priority)",
+        "Invoice [I-1] overdue by 12 days",
+    ]
+    broadcast = [m["text"] for m in sales if m.get("subtype") == "thread_broadcast"]
+    assert len(broadcast) == 2 and broadcast[0].startswith("Ticket [T-1]")
+    # finance: deal won and invoice, for Ada; deal won for Grace in a thread of her own
+    assert len([m for m in bot.store.messages(FINANCE) if m.get("subtype") is None]) == 2
+    ada_thread = thread_about(bot, FINANCE, "Ada Lovelace")
+    assert [m["text"][:12] for m in ada_thread[1:]] == ["Deal Renewal", "Invoice [I-1"]
+    grace_thread = thread_about(bot, FINANCE, "Grace Hopper")
+    assert [m["text"] for m in grace_thread[1:]] == [
+        "Deal Renewal [D-9] moved to closed won, 12,000.00 EUR"
+    ]
+    # service: deal won and escalated ticket for Ada, deal won for Grace
+    assert len(bot.store.all_messages(SERVICE)) == 2 + 3
+    assert bot.store.all_messages(MARKETING) == []
+    # the record and its (encrypted) timeline
+    got = await record(bot, "C-1")
+    assert got.tier == "enterprise" and got.name == "Ada Lovelace"
+    async with bot.deps.db.transaction() as session:
+        customer = await Customers(session, bot.deps.vault).by_external_id("C-1")
+        entries = (
+            (
+                await session.execute(
+                    select(TimelineEntry).where(TimelineEntry.customer_id == customer.id)
+                )
+            )
+            .scalars()
+            .all()
+        )
+        texts = [
+            bot.deps.vault.open(customer, "timeline", "summary", e.id, e.summary_ct)
+            for e in entries
+        ]
+        assert all(b"Login down" not in (e.summary_ct or b"") for e in entries)
+    assert len(entries) == 9
+    assert "Ticket [T-2] opened (low priority): Login down" in texts
+
+
+async def _none_pending(bot: Harness) -> bool:
+    return await count(bot, AlertDelivery, AlertDelivery.status == "pending") == 0
+
+
+async def test_out_of_order_events_keep_the_newer_value(sync_bot):
+    bot = await sync_bot()
+    stale_before = outcome("stale")
+    await bot.publish(
+        ev("customer.upserted", name="Newer", tier="smb", at="2026-03-01T12:00:00Z"),
+        ev("customer.upserted", name="Older", tier="strategic", at="2026-03-01T11:00:00Z"),
+        # another source is ordered on its own clock
+        ev("customer.upserted", src="billing", at="2026-01-01T00:00:00Z", phone="+49 30 1"),
+        # null clears, absent leaves
+        ev("customer.upserted", company=None, at="2026-03-01T12:30:00Z"),
+    )
+    await processed(bot, 4)
+    got = await record(bot, "C-1")
+    assert (got.name, got.tier, got.phone, got.company) == ("Newer", "smb", "+49 30 1", None)
+    assert outcome("stale") == stale_before + 1
+    # a deletion ahead of an older upsert: the tombstone keeps the customer erased
+    await bot.publish(
+        ev("customer.deleted", "C-9", at="2026-03-02T00:00:00Z"),
+        ev("customer.upserted", "C-9", name="Late", at="2026-03-01T00:00:00Z"),
+    )
+    await processed(bot, 6)
+    erased = await record(bot, "C-9")
+    assert erased.erased and erased.name is None
+
+
+async def test_the_same_event_twice_has_one_effect_and_one_post(sync_bot):
+    bot = await sync_bot()
+    await bot.publish(ev("customer.upserted", name="Ada"))
+    await processed(bot, 1)
+    dup_before = outcome("duplicate")
+    twice = ticket()
+    await bot.publish(twice, twice)
+    await eventually(lambda: outcome("duplicate") == dup_before + 1)
+    await eventually(lambda: _none_pending(bot))
+    assert await count(bot, TimelineEntry, TimelineEntry.event_id == twice["id"]) == 1
+    for channel in (SALES, SERVICE):
+        texts = [t for t in replies(bot, channel) if "Ticket [T-1]" in t]
+        assert len(texts) == 1, channel
+
+
+async def test_unknown_customer_is_dead_lettered_and_a_lead_creates_one(sync_bot, amqp_url):
+    bot = await sync_bot()
+    await bot.publish(ticket(ext="C-404"), lead("C-NEW"))
+    await processed(bot, 1)
+    letters = await eventually(lambda: dlq_list(amqp_url))
+    assert [(d.type, d.reason) for d in letters] == [
+        ("ticket.escalated", "unknown customer 'C-404' for ticket.escalated")
+    ]
+    assert (await record(bot, "C-NEW")) is not None and (await record(bot, "C-404")) is None
+
+
+async def test_own_events_are_ignored(sync_bot):
+    bot = await sync_bot()
+    before = outcome("ignored")
+    await bot.publish(ev("customer.upserted", "C-OWN", src="crm-bot", name="Loop"))
+    await eventually(lambda: outcome("ignored") == before + 1)
+    assert await record(bot, "C-OWN") is None
+
+
+def malformed(i: int) -> bytes | dict:
+    kinds = [
+        b"{not json",
+        b'"a string"',
+        ev("ticket.opened", data={"ticket_id": "T"}),  # subject and priority missing
+        ev("invoice.overdue", at="last tuesday", data={}),
+        {**ev("lead.qualified", data={"campaign": "x", "score": 5}), "spec": "crm.sync/0"},
+    ]
+    return kinds[i % len(kinds)]
+
+
+async def test_malformed_among_good_ones_are_dead_lettered_and_the_rest_applied(sync_bot, amqp_url):
+    bot = await sync_bot()
+    good = [
+        ev("customer.upserted", f"C-{i % 250}", at=f"2026-03-01T10:{i // 250:02d}:00Z", tier="smb")
+        for i in range(1000)
+    ]
+    bad = [malformed(i) for i in range(100)]
+    mixed = list(itertools.chain.from_iterable(zip(good[::10], bad, strict=True)))
+    mixed += [g for i, g in enumerate(good) if i % 10]
+    await bot.publish(*mixed)
+    await processed(bot, 1000, within=60)
+    letters = await eventually(lambda: _letters(amqp_url, 100), within=20)
+    reasons = Counter(d.reason.split(":")[0] for d in letters)
+    assert sum(reasons.values()) == 100 and set(reasons) <= {
+        "invalid JSON",
+        "body is not a UTF-8 JSON object",
+        "schema",
+    }
+    assert await count(bot, Customer) == 250
+    assert bot.service.consumer.connected
+    await bot.publish(ev("customer.upserted", "C-AFTER", name="Still here"))
+    await processed(bot, 1001)
+
+
+async def _letters(url: str, n: int):
+    letters = await dlq_list(url, limit=n + 10)
+    return letters if len(letters) >= n else None
+
+
+async def test_slack_failing_for_a_while_then_every_alert_posted_once(sync_bot, sandbox):
+    bot = await sync_bot()
+    customers = [f"C-{i}" for i in range(4)]
+    await bot.publish(*(ev("customer.upserted", c, name=f"Cust {c}") for c in customers))
+    await processed(bot, 4)
+    sandbox.fail("chat.postMessage", status=503, times=40)
+    stream = [ticket(ext=c, tid=f"T-{c}-{n}") for n in range(5) for c in customers]
+    await bot.publish(*stream)
+    await processed(bot, 24, within=20)
+    await eventually(lambda: _none_pending(bot), within=20)
+    assert sandbox.faults.scripted[0].times == 0  # the failures did happen
+    for channel in (SALES, SERVICE):
+        texts = "\n".join(replies(bot, channel))
+        for e in stream:
+            line = f"Ticket [{e['data']['ticket_id']}] escalated"
+            assert texts.count(line) == 1, (channel, line)
+        headers = [m for m in bot.store.messages(channel) if m.get("subtype") != "thread_broadcast"]
+        assert len(headers) == 4  # one thread per customer, however often posting failed
+
+
+async def test_a_burst_is_coalesced_into_few_messages(sync_bot):
+    bot = await sync_bot("[sync]\ncoalesce_seconds = 1\n")
+    await bot.publish(ev("customer.upserted", name="Busy"))
+    await processed(bot, 1)
+    posted_before = posted_total()
+    burst = [ticket(tid=f"T-{n}", priority="normal") for n in range(60)]
+    await bot.publish(*burst)
+    await processed(bot, 61)
+    await eventually(lambda: _none_pending(bot), within=10)
+    assert posted_total() == posted_before + 2 * 60
+    for channel in (SALES, SERVICE):
+        header, *alerts_ = bot.store.all_messages(channel)
+        assert all(m.get("thread_ts") == header["ts"] for m in alerts_)
+        assert len(alerts_) <= 5, [m["text"] for m in alerts_]  # the first, then bunches
+        body = "\n".join(block_texts(m["blocks"]) for m in alerts_)
+        assert all(body.count(f"Ticket [T-{n}] escalated") == 1 for n in range(60))
+        assert any(m["text"].endswith(" updates") for m in alerts_)
+
+
+async def test_shared_cards_are_updated_in_place(sync_bot):
+    bot = await sync_bot()
+    await bot.publish(ev("customer.upserted", name="Ada", tier="smb"))
+    await processed(bot, 1)
+    posted = await bot.deps.slack.post(GENERAL, "Ada: tier smb")
+    async with bot.deps.db.transaction() as session:
+        customer = await Customers(session, bot.deps.vault).by_external_id("C-1")
+        shared_cards.remember(session, customer.id, GENERAL, posted["ts"], "U0ALICE01")
+    await bot.publish(ev("customer.upserted", tier="strategic", email="new@example.com"))
+    card = await eventually(
+        lambda: (
+            "strategic" in block_texts(bot.store.message(GENERAL, posted["ts"]).get("blocks") or [])
+            and bot.store.message(GENERAL, posted["ts"])
+        )
+    )
+    assert "new@example.com" not in json.dumps(card)
+    # an event that changes nothing a card shows leaves it alone
+    edits = len(bot.store.history(GENERAL, posted["ts"]))
+    await bot.publish(ev("customer.upserted", notes="private"))
+    await processed(bot, 3)
+    assert len(bot.store.history(GENERAL, posted["ts"])) == edits
+
+
+async def test_outbox_rows_reach_a_handoff_queue_once_each(sync_bot, amqp_url):
+    connection = await aio_pika.connect(amqp_url)
+    channel = await connection.channel()
+    exchange = await channel.declare_exchange(EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True)
+    queue = await channel.declare_queue("", exclusive=True)
+    await queue.bind(exchange, "handoff.#")
+    bot = await sync_bot()
+    async with bot.deps.db.transaction() as session:
+        rows = [
+            outbox.add(session, "handoff.requested", "C-1", {"handoff_id": f"h-{i}"})
+            for i in range(5)
+        ]
+        outbox.add(session, "approval.requested", "C-1", {"approval_id": "a-1"})
+    bot.deps.wake_outbox()
+    got: list[str] = []
+
+    async def drain():
+        while (message := await queue.get(no_ack=True, fail=False)) is not None:
+            got.append(json.loads(message.body)["id"])
+        return len(got) >= 5
+
+    await eventually(drain)
+    await eventually(lambda: _relay_idle(bot))
+    assert await queue.get(no_ack=True, fail=False) is None
+    assert sorted(got) == sorted(str(r.id) for r in rows)
+    await connection.close()
+
+
+async def _relay_idle(bot: Harness) -> bool:
+    async with bot.deps.db.transaction() as session:
+        return not await outbox.pending(session)
+
+
+async def test_readyz_reports_the_broker(sync_bot):
+    bot = await sync_bot()
+    async with aiohttp.ClientSession() as http, http.get(bot.service.url + "/readyz") as r:
+        assert r.status == 200
+        assert (await r.json())["broker"] is True
+
+
+def _drop_connections(vhost: str) -> None:
+    """The network drops this session's connections only (other test runs are not touched)."""
+    out = rabbitmqctl("list_connections", "-q", "--no-table-headers", "pid", "vhost")
+    for line in out.splitlines():
+        if line.split()[1:] == [vhost]:
+            rabbitmqctl("close_connection", line.split()[0], "test: connection dropped")
+
+
+async def test_dropped_connections_mid_stream_lose_nothing(sync_bot, amqp_vhost):
+    bot = await sync_bot()
+    people = [ev("customer.upserted", f"C-{i}", name=f"P {i}") for i in range(40)]
+    stream = [ticket(ext=f"C-{i % 40}", tid=f"T-{i}", priority="low") for i in range(400)]
+    await bot.publish(*people)
+    await processed(bot, 40)
+    await bot.publish(*stream[:300])
+    await processed(bot, 80)
+    await bot.publisher.close()  # ours would be dropped too
+    bot.publisher.connection = None
+    await asyncio.to_thread(_drop_connections, amqp_vhost)
+    await bot.publish(*stream[300:])
+    try:
+        await processed(bot, 440, within=40)
+        await eventually(lambda: _none_pending(bot), within=20)
+    except AssertionError:
+        for task in asyncio.all_tasks():
+            task.print_stack(limit=6)
+        raise
+    assert bot.service.consumer.reconnects >= 1
+    for channel in (SALES, SERVICE):
+        texts = "\n".join(replies(bot, channel))
+        assert all(texts.count(f"Ticket [T-{i}] escalated") == 1 for i in range(400)), channel
