@@ -12,9 +12,9 @@ comes from. `deliver(customer)` posts a customer's pending alerts, channel by ch
   database outage doubles nothing. The one double window: the process dies between Slack's
   answer and that commit (per customer and channel, at most the one message being recorded,
   or a thread header); it is posted again after the restart.
-- one process: the worker serialises posting within a process. Two replicas consuming the
-  same queue would need a claim in the database (status `posting` with a lease) to not post
-  the same rows twice; not built.
+- replicas: within a process the worker serialises posting; across processes a customer's
+  alerts are posted by the one holding its delivery lease (storage.sync_ledger.claim), renewed
+  each round, so two replicas never post the same rows or start two threads.
 - threads: the first alert about a customer in a channel posts the customer header
   (`short_card`) and the alert as a reply to it; later alerts reply in that thread, with
   `reply_broadcast` when a rule (or the default for urgent tickets and large overdue invoices)
@@ -59,6 +59,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BATCH = 200  # customers per delivery round
+# A customer's alerts are posted by the process holding its lease (renewed at each round):
+# with several replicas, the others leave that customer's pending rows to it; if it stops,
+# another takes over once the lease ran out.
+LEASE = timedelta(seconds=30)
 POST_CONCURRENCY = 32  # customers posted for at once
 
 
@@ -76,6 +80,7 @@ class Delivery:
         self._waiting: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._unconfirmed = _Done()  # posted, not yet recorded (the database failed)
+        self.owner = str(uuid.uuid4())  # this process, in the delivery leases
         # (customer, channel) -> when an alert was last posted there; entries older than the
         # window are pruned by the flush job, so this holds only the customers active now.
         self.recent: dict[tuple[uuid.UUID, str], datetime] = {}
@@ -186,7 +191,9 @@ class Delivery:
         async with self.deps.db.transaction() as session:
             if confirming:
                 await self._confirm(session)
-            rows = await ledger.pending_for_many(session, ids)
+            now = self.deps.clock()
+            mine = await ledger.claim(session, ids, self.owner, now, now + LEASE)
+            rows = await ledger.pending_for_many(session, mine)
             if not rows:
                 return []
             wanted = {r.customer_id for r in rows}

@@ -297,6 +297,19 @@ class AlertDelivery(Base):
     __table_args__ = (Index("ix_alert_deliveries_status", "status", "customer_id"),)
 
 
+class DeliveryLease(Base):
+    """Which bot process posts a customer's alerts, until when: with several replicas, one
+    posts for a customer (its threads, its coalescing window) while it lives."""
+
+    __tablename__ = "delivery_leases"
+
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
+    )
+    owner: Mapped[str] = mapped_column(String(36))
+    until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
 class OutboxEvent(Base):
     __tablename__ = "outbox"
 
@@ -327,6 +340,7 @@ __all__ = [
     "BlindIndex",
     "Customer",
     "CustomerThread",
+    "DeliveryLease",
     "Department",
     "DepartmentMember",
     "Handoff",

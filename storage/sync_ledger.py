@@ -14,12 +14,15 @@ from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
     AlertDelivery,
     Customer,
     CustomerThread,
+    DeliveryLease,
     ProcessedEvent,
     TimelineEntry,
     new_id,
@@ -121,6 +124,35 @@ async def pending_for(session: AsyncSession, customer_id: uuid.UUID) -> list[Ale
         .order_by(AlertDelivery.created_at, AlertDelivery.event_id)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def claim(
+    session: AsyncSession,
+    customer_ids: Sequence[uuid.UUID],
+    owner: str,
+    now: datetime,
+    until: datetime,
+) -> list[uuid.UUID]:
+    """Of these customers, those whose alerts `owner` may post now: a lease nobody else holds
+    (or whose holder stopped renewing it) is taken or renewed until `until`."""
+    if not customer_ids:
+        return []
+    dialect = session.bind.dialect.name
+    insert = pg_insert if dialect == "postgresql" else sqlite_insert
+    stmt = insert(DeliveryLease).values(
+        # in one order, so two replicas claiming overlapping sets cannot deadlock
+        [{"customer_id": c, "owner": owner, "until": until} for c in sorted(customer_ids)]
+    )
+    stmt = stmt.on_conflict_do_update(
+        index_elements=["customer_id"],
+        set_={"owner": stmt.excluded.owner, "until": stmt.excluded.until},
+        where=(DeliveryLease.owner == owner) | (DeliveryLease.until < now),
+    )
+    await session.execute(stmt)
+    mine = select(DeliveryLease.customer_id).where(
+        DeliveryLease.customer_id.in_(list(customer_ids)), DeliveryLease.owner == owner
+    )
+    return list((await session.execute(mine)).scalars())
 
 
 async def pending_for_many(

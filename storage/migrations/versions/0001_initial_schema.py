@@ -2,7 +2,7 @@
 
 Revision ID: 0001
 Revises: 
-Create Date: 2026-11-25 21:09:33.493987
+Create Date: 2026-11-25 21:55:31.763073
 """
 
 import sqlalchemy as sa
@@ -166,6 +166,13 @@ def upgrade() -> None:
     sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_customer_threads_customer_id_customers'), ondelete='CASCADE'),
     sa.PrimaryKeyConstraint('customer_id', 'channel_id', name=op.f('pk_customer_threads'))
     )
+    op.create_table('delivery_leases',
+    sa.Column('customer_id', sa.Uuid(), nullable=False),
+    sa.Column('owner', sa.String(length=36), nullable=False),
+    sa.Column('until', storage.models.UTCDateTime(timezone=True), nullable=False),
+    sa.ForeignKeyConstraint(['customer_id'], ['customers.id'], name=op.f('fk_delivery_leases_customer_id_customers'), ondelete='CASCADE'),
+    sa.PrimaryKeyConstraint('customer_id', name=op.f('pk_delivery_leases'))
+    )
     op.create_table('department_members',
     sa.Column('department_key', sa.String(length=32), nullable=False),
     sa.Column('slack_user_id', sa.String(length=32), nullable=False),
@@ -261,6 +268,7 @@ def downgrade() -> None:
         batch_op.drop_index(batch_op.f('ix_department_members_slack_user_id'))
 
     op.drop_table('department_members')
+    op.drop_table('delivery_leases')
     op.drop_table('customer_threads')
     with op.batch_alter_table('blind_index', schema=None) as batch_op:
         batch_op.drop_index('ix_blind_index_digest')
