@@ -191,9 +191,11 @@ class Batch:
         return [p.key for p in self.items]
 
 
-def batches(pending: Sequence[Pending]) -> list[Batch]:
+def batches(pending: Sequence[Pending], coalesce: bool = True) -> list[Batch]:
     """Every alert exactly once: the thread ones in one reply, the top-level ones in one
-    top-level message, oldest first within each."""
+    top-level message, oldest first within each; without `coalesce`, one message each."""
+    if not coalesce:
+        return [Batch(p.placement, p.broadcast, (p,)) for p in pending]
     out = []
     for placement in (THREAD, TOP_LEVEL):
         items = tuple(p for p in pending if p.placement == placement)

@@ -11,9 +11,11 @@ events in arrival order):
    with the per-source `occurred_at` rule (or erase on `customer.deleted`), add a timeline
    entry (summary sealed under the customer's key), write one `pending` row per alert channel
    in the delivery ledger, record the event id as processed;
-3. after the commit: post the pending alerts (handlers/sync_delivery.py) and update the
-   customer's shared cards in place. A Slack failure raises, so the broker retries; the retry
-   finds the event processed and only does what is still missing (pending rows, cards).
+3. after the commit: start posting the pending alerts (handlers/sync_delivery.py: the ledger
+   is an outbox toward Slack, so the message is acknowledged without waiting for Slack, and
+   the flush job posts what could not be posted yet), and update the customer's shared cards
+   in place (a Slack failure there raises, so the broker retries; the retry finds the event
+   processed and only redoes the cards).
 
 Decisions where the contract is silent:
 
@@ -182,7 +184,10 @@ class Sync:
         if applied.customer_id is None:
             return
         if applied.alerts:
-            await self.delivery.deliver(applied.customer_id)
+            # The ledger rows are committed: the message can be acknowledged now, and the
+            # delivery worker posts at Slack's pace (what it cannot post now, the flush job
+            # posts later), so a slow or failing Slack never holds up the consumer.
+            self.delivery.start(applied.customer_id)
         if applied.cards:
             await self.delivery.refresh_cards(applied.customer_id)
 

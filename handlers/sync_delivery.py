@@ -81,6 +81,7 @@ class Delivery:
         self._worker: asyncio.Task[None] | None = None
         self._unconfirmed = _Done()  # posted, not yet recorded (the database failed)
         self.owner = str(uuid.uuid4())  # this process, in the delivery leases
+        self._started: set[asyncio.Task[None]] = set()
         # (customer, channel) -> when an alert was last posted there; entries older than the
         # window are pruned by the flush job, so this holds only the customers active now.
         self.recent: dict[tuple[uuid.UUID, str], datetime] = {}
@@ -94,6 +95,18 @@ class Delivery:
         return min(1.0, max(0.1, self.window / 4))
 
     # --- alerts -------------------------------------------------------------------------------
+
+    def start(self, customer_id: uuid.UUID) -> None:
+        """Deliver this customer's pending alerts in the background; failures are left to the
+        flush job (the rows stay pending)."""
+        task = asyncio.get_running_loop().create_task(self.deliver(customer_id))
+        self._started.add(task)
+        task.add_done_callback(self._started_done)
+
+    def _started_done(self, task: asyncio.Task[None]) -> None:
+        self._started.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.info("alerts wait for the flush job (%s)", type(task.exception()).__name__)
 
     async def deliver(self, customer_id: uuid.UUID) -> None:
         """Post what is pending and due for this customer; raise its first transient error.
@@ -234,7 +247,7 @@ class Delivery:
         items: list[alerts.Pending],
     ) -> None:
         slack = self.deps.slack
-        for batch in alerts.batches(items):
+        for batch in alerts.batches(items, coalesce=self.window > 0):
             lines = [p.line for p in batch.items]
             if batch.placement == alerts.TOP_LEVEL:
                 text, blocks = alert_message(lines, customer=record)

@@ -255,7 +255,7 @@ async def test_no_personal_value_in_the_raw_database(db, vault, db_url, tmp_path
         from sqlalchemy.engine import make_url
 
         u = make_url(db_url)
-        raw = await asyncio.to_thread(
+        dump = await asyncio.to_thread(
             subprocess.run,
             [
                 "pg_dump",
@@ -269,7 +269,8 @@ async def test_no_personal_value_in_the_raw_database(db, vault, db_url, tmp_path
             ],
             check=True,
             capture_output=True,
-        ).stdout
+        )
+        raw = dump.stdout
     for _, fields in PEOPLE:
         for key in ("name", "email", "phone", "company", "notes"):
             value = fields.get(key)
