@@ -229,21 +229,29 @@ class Sync:
     async def _apply_batch(self, events: list[dict[str, Any]]) -> list[Applied | InvalidEvent]:
         results: list[Applied | InvalidEvent] = []
         async with self.deps.db.transaction() as session:
+            # One query each for what the batch needs to know first (processed ids, and its
+            # customers, locked), instead of a few per event.
+            done = await ledger.processed_among(session, [e["id"] for e in events])
+            customers = Customers(session, self.deps.vault)
+            await customers.preload([e["customer"]["external_id"] for e in events])
             for event in events:
                 try:
-                    results.append(await self._apply_one(session, event))
+                    results.append(
+                        await self._apply_one(session, customers, event, event["id"] in done)
+                    )
                 except InvalidEvent as exc:
                     results.append(exc)
         return results
 
-    async def _apply_one(self, session, event: dict[str, Any]) -> Applied:
+    async def _apply_one(
+        self, session, customers: Customers, event: dict[str, Any], done: bool
+    ) -> Applied:
         """Apply one event in the caller's transaction. InvalidEvent is raised before anything
         is written, so the other events of a batch are unaffected."""
         event_id, kind = event["id"], event["type"]
         external_id = event["customer"]["external_id"]
         source, occurred_at = event["source"], parse_time(event["occurred_at"])
-        customers = Customers(session, self.deps.vault)
-        if await ledger.processed(session, event_id) is not None:
+        if done:
             return await self._already_done(session, customers, external_id)
         existing = await customers.by_external_id(external_id, for_update=True)
         if kind == "customer.deleted":

@@ -81,6 +81,7 @@ class Customers:
     def __init__(self, session: AsyncSession, vault: Vault):
         self.session = session
         self.vault = vault
+        self._locked: dict[str, Customer | None] = {}  # by external id, locked by `preload`
 
     # --- reading ---
 
@@ -90,8 +91,21 @@ class Customers:
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
+    async def preload(self, external_ids: list[str]) -> None:
+        """Load and lock these customers in one query (a batch of sync events); later
+        `by_external_id` calls for them in this session are answered from memory."""
+        wanted = {e.strip() for e in external_ids} - set(self._locked)
+        if not wanted:
+            return
+        stmt = select(Customer).where(Customer.external_id.in_(wanted)).with_for_update()
+        found = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
+        self._locked.update({e: found.get(e) for e in wanted})
+
     async def by_external_id(self, external_id: str, *, for_update: bool = False):
-        stmt = select(Customer).where(Customer.external_id == external_id.strip())
+        external_id = external_id.strip()
+        if external_id in self._locked:
+            return self._locked[external_id]
+        stmt = select(Customer).where(Customer.external_id == external_id)
         if for_update:
             stmt = stmt.with_for_update()
         return (await self.session.execute(stmt)).scalar_one_or_none()
@@ -230,6 +244,8 @@ class Customers:
             self._encrypt_into(customer, key, changes)
             customer.source_clock = {source: stamp}
             self.session.add(customer)
+            if customer.external_id in self._locked:
+                self._locked[customer.external_id] = customer
             await self.session.flush()
             await self.reindex(customer, self._record_from(customer, changes), new=True)
             return UpsertResult(customer, created=True, applied=True, changed=set(changes))

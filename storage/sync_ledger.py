@@ -38,8 +38,10 @@ DeliveryKey = tuple[str, str]  # (event id, channel id)
 # --- processed events -------------------------------------------------------------------------
 
 
-async def processed(session: AsyncSession, event_id: str) -> ProcessedEvent | None:
-    return await session.get(ProcessedEvent, event_id)
+async def processed_among(session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
+    """Which of these event ids were processed already (one query for a batch)."""
+    stmt = select(ProcessedEvent.event_id).where(ProcessedEvent.event_id.in_(list(event_ids)))
+    return set((await session.execute(stmt)).scalars())
 
 
 def mark_processed(session: AsyncSession, event_id: str, type_: str, outcome: str) -> None:
