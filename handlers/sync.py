@@ -234,13 +234,16 @@ class Sync:
             done = await ledger.processed_among(session, [e["id"] for e in events])
             customers = Customers(session, self.deps.vault)
             await customers.preload([e["customer"]["external_id"] for e in events])
-            for event in events:
-                try:
-                    results.append(
-                        await self._apply_one(session, customers, event, event["id"] in done)
-                    )
-                except InvalidEvent as exc:
-                    results.append(exc)
+            # The batch's rows are written together when it commits (an executemany per
+            # table), not statement by statement.
+            with session.no_autoflush:
+                for event in events:
+                    try:
+                        results.append(
+                            await self._apply_one(session, customers, event, event["id"] in done)
+                        )
+                    except InvalidEvent as exc:
+                        results.append(exc)
         return results
 
     async def _apply_one(

@@ -264,7 +264,6 @@ class Customers:
         customer.source_clock = {**(customer.source_clock or {}), source: stamp}
         if changed:
             customer.updated_at = utcnow()
-        await self.session.flush()
         if changed & {*INDEXED} or before.erased:
             await self.reindex(customer)
         return UpsertResult(customer, created=False, applied=True, changed=changed)
