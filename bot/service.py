@@ -46,6 +46,7 @@ class BotService:
         self._runner: web.AppRunner | None = None
         self._socket = None
         self._tasks: list[asyncio.Task] = []
+        self._lazy = None
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
         s = self.settings
@@ -57,6 +58,7 @@ class BotService:
         slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
         bolt = build_bolt_app(s, deps)
+        self._lazy = bolt.listener_runner.lazy_listener_runner
         if s.amqp_url:
             await self._start_broker(deps)
         else:
@@ -143,6 +145,8 @@ class BotService:
         """Drain: stop taking new work, let in-flight work finish, close everything."""
         if self._runner is not None:
             await self._runner.shutdown()
+        if self._lazy is not None:  # answers already acknowledged to Slack
+            await self._lazy.drain(within=10)
         if self.consumer is not None:
             await self.consumer.stop()
         if self.relay is not None:

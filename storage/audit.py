@@ -26,8 +26,9 @@ GENESIS = "0" * 64
 LOCK_ID = 7_301_001  # pg_advisory_xact_lock key that serialises appends
 
 
-def entry_hash(entry: AuditEntry) -> str:
-    fields = {
+def _fields(entry: AuditEntry) -> dict:
+    """The entry as plain values (what its hash covers, and what an export shows)."""
+    return {
         "seq": entry.seq,
         "at": entry.at.isoformat(),
         "actor": entry.actor,
@@ -36,6 +37,12 @@ def entry_hash(entry: AuditEntry) -> str:
         "entity_id": entry.entity_id,
         "customer_id": str(entry.customer_id) if entry.customer_id else None,
         "data": entry.data or {},
+    }
+
+
+def entry_hash(entry: AuditEntry) -> str:
+    fields = {
+        **_fields(entry),
         "details_ct": entry.details_ct.hex() if entry.details_ct else None,
         "prev_hash": entry.prev_hash,
     }
@@ -151,14 +158,7 @@ async def export(
                 except CryptoError:  # tampered with: `audit verify` names the entry
                     details = None
         yield {
-            "seq": entry.seq,
-            "at": entry.at.isoformat(),
-            "actor": entry.actor,
-            "action": entry.action,
-            "entity_type": entry.entity_type,
-            "entity_id": entry.entity_id,
-            "customer_id": str(entry.customer_id) if entry.customer_id else None,
-            "data": entry.data,
+            **_fields(entry),
             "details": details,
             "hash": entry.hash,
             "prev_hash": entry.prev_hash,

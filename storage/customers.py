@@ -184,6 +184,8 @@ class Customers:
 
     async def _word_matches(self, words_: list[str], limit: int) -> list[tuple[uuid.UUID, int]]:
         """Customers with every word (as a whole word: 2 points, as a prefix: 1), best first."""
+        if len(words_) == 1:
+            return await self._one_word_matches(words_[0], limit)
         weight, group = {}, {}
         for n, word in enumerate(words_):
             for kind, points in (("word", 2), ("prefix", 1)):
@@ -200,6 +202,22 @@ class Customers:
             .limit(limit)
         )
         return [(cid, int(points)) for cid, points in await self.session.execute(stmt)]
+
+    async def _one_word_matches(self, word: str, limit: int) -> list[tuple[uuid.UUID, int]]:
+        """Whole-word matches, then prefix matches: each an index range read that stops at
+        `limit`, however many customers share a common prefix."""
+        found: dict[uuid.UUID, int] = {}
+        for kind, points in (("word", 2), ("prefix", 1)):
+            if len(found) >= limit:
+                break
+            stmt = select(BlindIndex.customer_id).where(
+                BlindIndex.digest.in_(list(self._digests([(kind, word)])))
+            )
+            if found:
+                stmt = stmt.where(BlindIndex.customer_id.not_in(list(found)))
+            for cid in (await self.session.execute(stmt.limit(limit - len(found)))).scalars():
+                found.setdefault(cid, points)
+        return list(found.items())
 
     # --- writing ---
 

@@ -2,7 +2,7 @@
 
 import aiohttp
 
-from tests.fixtures.bot import ALICE, SALES
+from tests.fixtures.bot import ALICE, SALES, bot_settings, start_bot
 from tests.fixtures.slack import eventually
 
 
@@ -35,3 +35,16 @@ async def test_operator_endpoints(bot):
         async with http.get(bot.service.url + "/metrics") as r:
             text = await r.text()
     assert 'crm_slack_requests_total{kind="command",outcome="ok"}' in text
+
+
+async def test_stopping_lets_acknowledged_answers_finish(db, db_url, sandbox):
+    """SIGTERM drains: a command acknowledged just before the stop still gets its answer."""
+    harness = await start_bot(bot_settings(db_url, sandbox), sandbox)
+    try:
+        reply = await harness.sim.command(ALICE, SALES, "/crm", "find zebra")
+        assert reply.status == 200
+    finally:
+        await harness.service.stop()  # at once, while the answer is being worked out
+        await harness.sim.close()
+    answers = [e.text for e in sandbox.store.ephemerals(ALICE)]
+    assert any("No customers match" in a for a in answers), answers

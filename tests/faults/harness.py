@@ -33,15 +33,14 @@ from sqlalchemy.engine import make_url
 
 from bot.sandbox import Sandbox, SlackClientSim
 from tests.fixtures.bot import TEST_CONFIG
-from tests.fixtures.db import KEY_LINE
+from tests.fixtures.db import KEY_LINE, _admin
+from tests.fixtures.services import PG_URL
 from tests.fixtures.slack import BOT_TOKEN, SIGNING_SECRET
 
 ROOT = Path(__file__).resolve().parents[2]
 CRM_BOT = ROOT / ".venv" / "bin" / "crm-bot"
 CLEARED = ("SLACK_", "DATABASE_URL", "AMQP_URL", "CRM_", "PORT")
-PG_ADMIN = os.environ.get(
-    "CRM_TEST_PG_URL", "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
-)
+PG_ADMIN = PG_URL
 
 
 def free_port() -> int:
@@ -72,23 +71,6 @@ async def hold_for(seconds: float) -> None:
 
 
 # --- PostgreSQL ---------------------------------------------------------------------------------
-
-
-async def _admin(sql: str) -> None:
-    import asyncpg
-
-    url = make_url(PG_ADMIN)
-    conn = await asyncpg.connect(
-        host=url.host,
-        port=url.port or 5432,
-        user=url.username,
-        password=url.password,
-        database=url.database or "postgres",
-    )
-    try:
-        await conn.execute(sql)
-    finally:
-        await conn.close()
 
 
 @contextlib.asynccontextmanager
