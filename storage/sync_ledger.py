@@ -10,7 +10,7 @@ again, and an alert whose post failed is still there to post.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, select, update
@@ -119,15 +119,6 @@ def open_line(vault: Vault, customer: Customer, row: AlertDelivery) -> str | Non
     return vault.open(customer, "alert_deliveries", "line", rid, row.line_ct)
 
 
-async def pending_for(session: AsyncSession, customer_id: uuid.UUID) -> list[AlertDelivery]:
-    stmt = (
-        select(AlertDelivery)
-        .where(AlertDelivery.customer_id == customer_id, AlertDelivery.status == PENDING)
-        .order_by(AlertDelivery.created_at, AlertDelivery.event_id)
-    )
-    return list((await session.execute(stmt)).scalars())
-
-
 async def claim(
     session: AsyncSession,
     customer_ids: Sequence[uuid.UUID],
@@ -196,23 +187,6 @@ async def customers_with_pending(session: AsyncSession, limit: int = 500) -> lis
     return list((await session.execute(stmt)).scalars())
 
 
-async def count_by_status(session: AsyncSession) -> dict[str, int]:
-    stmt = select(AlertDelivery.status, func.count()).group_by(AlertDelivery.status)
-    return {status: n for status, n in await session.execute(stmt)}
-
-
-async def settle(
-    session: AsyncSession,
-    keys: Sequence[DeliveryKey],
-    status: str,
-    *,
-    ts: str | None = None,
-    error: str | None = None,
-) -> None:
-    """Move pending rows to `status`; rows already settled are left alone."""
-    await settle_many(session, [(key, status, ts, error) for key in keys])
-
-
 Settlement = tuple[DeliveryKey, str, str | None, str | None]  # key, status, ts, error
 
 
@@ -253,24 +227,9 @@ async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) 
 # --- per-customer threads ---------------------------------------------------------------------
 
 
-async def threads_of(session: AsyncSession, customer_id: uuid.UUID) -> dict[str, CustomerThread]:
-    stmt = select(CustomerThread).where(CustomerThread.customer_id == customer_id)
-    return {t.channel_id: t for t in (await session.execute(stmt)).scalars()}
-
-
 def start_thread(
     session: AsyncSession, customer_id: uuid.UUID, channel_id: str, thread_ts: str
 ) -> CustomerThread:
     thread = CustomerThread(customer_id=customer_id, channel_id=channel_id, thread_ts=thread_ts)
     session.add(thread)
     return thread
-
-
-async def forget_threads(
-    session: AsyncSession, customer_id: uuid.UUID, channels: Iterable[str]
-) -> None:
-    """Threads whose parent message is gone: the next alert starts a new one."""
-    for channel_id in channels:
-        thread = await session.get(CustomerThread, (customer_id, channel_id))
-        if thread is not None:
-            await session.delete(thread)
