@@ -22,7 +22,7 @@ from tests.fixtures.amqp import rabbitmqctl
 from .books import check_books, settled
 from .harness import deadline_poll, hold_for
 from .stream import bad_events
-from .users import Users
+from .users import Traffic
 
 STOPPED = 3.0
 
@@ -55,18 +55,17 @@ async def test_broker_app_restart_loses_nothing(stack, stream):
     db = Database(stack.db_url)
     try:
         await settled(db, stream, stack.amqp_url, within=30)
-        users = Users([stack.sim_for(bot)], stack.sandbox, customers)
-        stop = asyncio.Event()
         bad = bad_events(stream, customers[0])
-        flow = asyncio.create_task(stream.flow(customers, 10, stop, alert_share=0.3, extra=bad))
-        people = asyncio.create_task(users.run(3, stop, pause=0.3))
+        traffic = Traffic.start(
+            stream, [stack.sim_for(bot)], stack.sandbox, customers, rate=10, people=3, extra=bad
+        )
+        users = traffic.users
         await deadline_poll(lambda: len(stream.published) >= 40, 30)
         before = len(stream.published)
         await restart_broker_app(STOPPED)
         await bot.wait_ready(30)  # the consumer is connected again
         await deadline_poll(lambda: len(stream.published) >= before + 40, 40)
-        stop.set()
-        await asyncio.gather(flow, people)
+        await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
     finally:
         await db.close()

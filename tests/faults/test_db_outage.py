@@ -12,8 +12,6 @@ a cut can double at most one message per alert channel; the test counts them to 
 
 from __future__ import annotations
 
-import asyncio
-
 from sqlalchemy.engine import make_url
 
 from storage.db import Database
@@ -22,7 +20,7 @@ from .books import check_books, settled
 from .harness import deadline_poll, hold_for
 from .proxy import TcpProxy
 from .stream import ALERT_CHANNELS
-from .users import Users
+from .users import Traffic
 
 OUTAGE = 4.0
 CUTS = 2
@@ -39,18 +37,17 @@ async def test_database_unreachable_for_seconds_loses_nothing(stack, stream):
     db = Database(stack.db_url)  # the checks go straight to the server
     try:
         await settled(db, stream, stack.amqp_url, within=30)
-        users = Users([stack.sim_for(bot)], stack.sandbox, customers)
-        stop = asyncio.Event()
-        flow = asyncio.create_task(stream.flow(customers, 10, stop, alert_share=0.3))
-        people = asyncio.create_task(users.run(3, stop, pause=0.3))
+        traffic = Traffic.start(
+            stream, [stack.sim_for(bot)], stack.sandbox, customers, rate=10, people=3
+        )
+        users = traffic.users
         for k in range(CUTS):
             await deadline_poll(lambda k=k: len(stream.published) >= 6 + 30 * (k + 1), 30)
             proxy.cut()
             await hold_for(OUTAGE)
             proxy.restore()
         await deadline_poll(lambda: len(stream.published) >= 6 + 30 * (CUTS + 1), 30)
-        stop.set()
-        await asyncio.gather(flow, people)
+        await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
         await bot.wait_ready(10)  # and it says so again
     finally:

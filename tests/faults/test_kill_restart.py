@@ -10,7 +10,6 @@ alert channel: the test counts the doubles and holds them to that bound.
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 import pytest
@@ -20,7 +19,7 @@ from storage.db import Database
 from .books import check_books, settled
 from .harness import deadline_poll
 from .stream import ALERT_CHANNELS
-from .users import Users
+from .users import Traffic
 
 KILLS = 3
 ALERT_CHANNEL_COUNT = len(frozenset().union(*ALERT_CHANNELS.values()))
@@ -34,10 +33,10 @@ async def test_sigkill_three_times_loses_nothing(stack, stream):
     downtime = []
     try:
         await settled(db, stream, stack.amqp_url, within=30)
-        users = Users([stack.sim_for(bot)], stack.sandbox, customers)
-        stop = asyncio.Event()
-        flow = asyncio.create_task(stream.flow(customers, 10, stop, alert_share=0.3))
-        people = asyncio.create_task(users.run(3, stop, pause=0.3))
+        traffic = Traffic.start(
+            stream, [stack.sim_for(bot)], stack.sandbox, customers, rate=10, people=3
+        )
+        users = traffic.users
         for k in range(KILLS):
             await deadline_poll(lambda k=k: len(stream.published) >= 6 + 30 * (k + 1), 30)
             await bot.kill()
@@ -45,8 +44,7 @@ async def test_sigkill_three_times_loses_nothing(stack, stream):
             await bot.start()
             downtime.append(time.monotonic() - t)
         await deadline_poll(lambda: len(stream.published) >= 6 + 30 * (KILLS + 1), 30)
-        stop.set()
-        await asyncio.gather(flow, people)
+        await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
     finally:
         await db.close()

@@ -4,7 +4,6 @@ balancer would): every event applied once, no alert posted twice, none lost."""
 
 from __future__ import annotations
 
-import asyncio
 import re
 
 import aiohttp
@@ -14,7 +13,7 @@ from storage.db import Database
 
 from .books import check_books, settled
 from .harness import BotProcess, deadline_poll
-from .users import Users
+from .users import Traffic
 
 CONSUMED = re.compile(r'^crm_sync_events_total\{outcome="consumed"\} ([0-9.e+]+)$', re.M)
 
@@ -33,13 +32,17 @@ async def test_two_replicas_share_the_load_without_doubles(stack, stream):
     db = Database(stack.db_url)
     try:
         await settled(db, stream, stack.amqp_url, within=30)
-        users = Users([stack.sim_for(one), stack.sim_for(two)], stack.sandbox, customers)
-        stop = asyncio.Event()
-        flow = asyncio.create_task(stream.flow(customers, 15, stop, alert_share=0.3))
-        people = asyncio.create_task(users.run(4, stop, pause=0.3))
+        traffic = Traffic.start(
+            stream,
+            [stack.sim_for(one), stack.sim_for(two)],
+            stack.sandbox,
+            customers,
+            rate=15,
+            people=4,
+        )
+        users = traffic.users
         await deadline_poll(lambda: len(stream.published) >= 12 + 120, 30)
-        stop.set()
-        await asyncio.gather(flow, people)
+        await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
     finally:
         await db.close()

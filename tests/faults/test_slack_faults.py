@@ -3,7 +3,6 @@ flow: nothing is lost, nothing is posted twice, every handoff and approval is co
 
 from __future__ import annotations
 
-import asyncio
 import time
 
 from storage.db import Database
@@ -11,7 +10,7 @@ from storage.db import Database
 from .books import check_books, settled
 from .harness import deadline_poll
 from .stream import bad_events
-from .users import Users
+from .users import Traffic
 
 
 async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, stream):
@@ -21,11 +20,11 @@ async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, s
     db = Database(stack.db_url)
     try:
         await settled(db, stream, stack.amqp_url, within=30)
-        users = Users([stack.sim_for(bot)], stack.sandbox, customers)
-        stop = asyncio.Event()
         bad = bad_events(stream, customers[0])
-        flow = asyncio.create_task(stream.flow(customers, 10, stop, alert_share=0.3, extra=bad))
-        people = asyncio.create_task(users.run(3, stop, pause=0.3))
+        traffic = Traffic.start(
+            stream, [stack.sim_for(bot)], stack.sandbox, customers, rate=10, people=3, extra=bad
+        )
+        users = traffic.users
         faults = [
             dict(method="chat.postMessage", status=429, times=6, retry_after=1),
             dict(method=None, status=503, times=12),
@@ -36,8 +35,7 @@ async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, s
             await deadline_poll(lambda i=i: len(stream.published) >= 6 + 20 * (i + 1), 30)
             stack.sandbox.fail(**fault)
         await deadline_poll(lambda: len(stream.published) >= 6 + 20 * 5, 30)
-        stop.set()
-        await asyncio.gather(flow, people)
+        await traffic.end()
         t1 = time.monotonic()
         await settled(db, stream, stack.amqp_url, within=60)
         print(f"flow {t1 - t0:.1f}s, settle {time.monotonic() - t1:.1f}s")

@@ -161,3 +161,26 @@ class Users:
     async def run(self, people: int, stop: asyncio.Event, pause: float = 0.5) -> Tally:
         await asyncio.gather(*(self.person(i, stop, pause) for i in range(people)))
         return self.tally
+
+
+@dataclass
+class Traffic:
+    """Events flowing and people acting at once, until `end()`."""
+
+    users: Users
+    stop: asyncio.Event
+    flow: asyncio.Task
+    people: asyncio.Task
+
+    @classmethod
+    def start(cls, stream, sims, sandbox, customers, *, rate=10, people=3, extra=None):
+        users = Users(sims, sandbox, customers)
+        stop = asyncio.Event()
+        options = {"extra": extra} if extra else {}
+        flow = asyncio.create_task(stream.flow(customers, rate, stop, alert_share=0.3, **options))
+        acting = asyncio.create_task(users.run(people, stop, pause=0.3))
+        return cls(users, stop, flow, acting)
+
+    async def end(self) -> None:
+        self.stop.set()
+        await asyncio.gather(self.flow, self.people)
