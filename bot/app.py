@@ -16,6 +16,7 @@ import handlers
 from handlers.deps import Deps
 
 from .config import Settings
+from .slack_out import make_client
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +46,9 @@ class DrainableLazyRunner(AsyncioLazyListenerRunner):
 def build_bolt_app(settings: Settings, deps: Deps) -> AsyncApp:
     app = AsyncApp(
         signing_secret=settings.slack_signing_secret,
-        client=deps.slack.client,
+        # A client of its own, without the shared keep-alive session: bolt deep-copies each
+        # request (with its client) for lazy listeners, and a live session cannot be copied.
+        client=make_client(settings.slack_bot_token, settings.slack_api_url),
         # Answer Slack within 3 s: ack first, the work runs after as lazy listeners.
         process_before_response=False,
         raise_error_for_unhandled_request=False,

@@ -9,6 +9,7 @@ import logging
 import uuid
 from dataclasses import dataclass
 
+import aiohttp
 from aiohttp import web
 
 from handlers.deps import Deps
@@ -47,6 +48,7 @@ class BotService:
         self._socket = None
         self._tasks: list[asyncio.Task] = []
         self._lazy = None
+        self._http: aiohttp.ClientSession | None = None  # Slack Web API calls, kept alive
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
         s = self.settings
@@ -54,7 +56,8 @@ class BotService:
         db, vault = await open_storage(s, migrate=migrate)
         async with db.transaction() as session:
             await sync_from_config(session, self.config.departments)
-        client = make_client(s.slack_bot_token, s.slack_api_url)
+        self._http = aiohttp.ClientSession()
+        client = make_client(s.slack_bot_token, s.slack_api_url, session=self._http)
         slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
         bolt = build_bolt_app(s, deps)
@@ -168,5 +171,7 @@ class BotService:
             await asyncio.wait(pending, timeout=5)
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._http is not None:
+            await self._http.close()
         if self.deps is not None:
             await self.deps.db.close()

@@ -124,15 +124,19 @@ def make_client(
     max_retries: int = 3,
     backoff: float = 0.5,
     timeout: int = 30,
+    session: aiohttp.ClientSession | None = None,
 ) -> AsyncWebClient:
     """An AsyncWebClient that retries 429 (after Retry-After), 500/503 and dropped connections,
     `max_retries` times in all per call (slack_sdk counts retries across its handlers), 5xx
-    and connection errors with exponential backoff from `backoff` seconds."""
+    and connection errors with exponential backoff from `backoff` seconds. Pass the process's
+    `session` so calls reuse its keep-alive connections (without one, slack_sdk opens and
+    closes a connection per call)."""
     interval = BackoffRetryIntervalCalculator(backoff_factor=backoff, jitter=ProportionalJitter())
     return AsyncWebClient(
         token=token,
         base_url=base_url,
         timeout=timeout,
+        session=session,
         retry_handlers=[
             AsyncRateLimitErrorRetryHandler(max_retry_count=max_retries),
             AsyncServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),

@@ -229,33 +229,36 @@ class Sync:
     async def _apply_batch(self, events: list[dict[str, Any]]) -> list[Applied | InvalidEvent]:
         results: list[Applied | InvalidEvent] = []
         async with self.deps.db.transaction() as session:
-            # One query each for what the batch needs to know first (processed ids, and its
-            # customers, locked), instead of a few per event.
+            # One query each for what the batch needs to know first (processed ids, its
+            # customers, locked, and which of them have shared cards), not a few per event.
             done = await ledger.processed_among(session, [e["id"] for e in events])
-            customers = Customers(session, self.deps.vault)
+            customers = Customers(session, self.deps.vault, defer_index=True)
             await customers.preload([e["customer"]["external_id"] for e in events])
-            # The batch's rows are written together when it commits (an executemany per
-            # table), not statement by statement.
+            with_cards = await shared_cards.customers_with_cards(
+                session, [c.id for c in customers.preloaded()]
+            )
+            batch = _Batch(session, customers, ledger.Writes(self.deps.vault), with_cards)
+            # The batch's rows are written together at its end (an executemany per table),
+            # not statement by statement.
             with session.no_autoflush:
                 for event in events:
                     try:
-                        results.append(
-                            await self._apply_one(session, customers, event, event["id"] in done)
-                        )
+                        results.append(await self._apply_one(batch, event, event["id"] in done))
                     except InvalidEvent as exc:
                         results.append(exc)
+            await customers.write_index()
+            await batch.writes.write(session)
         return results
 
-    async def _apply_one(
-        self, session, customers: Customers, event: dict[str, Any], done: bool
-    ) -> Applied:
-        """Apply one event in the caller's transaction. InvalidEvent is raised before anything
+    async def _apply_one(self, batch: _Batch, event: dict[str, Any], done: bool) -> Applied:
+        """Apply one event in the batch's transaction. InvalidEvent is raised before anything
         is written, so the other events of a batch are unaffected."""
+        customers = batch.customers
         event_id, kind = event["id"], event["type"]
         external_id = event["customer"]["external_id"]
         source, occurred_at = event["source"], parse_time(event["occurred_at"])
         if done:
-            return await self._already_done(session, customers, external_id)
+            return await self._already_done(batch.session, customers, external_id)
         existing = await customers.by_external_id(external_id, for_update=True)
         if kind == "customer.deleted":
             customer = await self._erase(customers, existing, external_id, source, occurred_at)
@@ -273,21 +276,18 @@ class Sync:
             customer = result.customer
             outcome = APPLIED if result.applied else STALE
             changed = result.changed if result.applied and not result.created else set()
-        ledger.add_timeline(
-            session,
-            self.deps.vault,
+        summary = alerts.summary(event)
+        batch.writes.add_timeline(
             customer,
             kind=kind,
             source=source,
             occurred_at=occurred_at,
             event_id=event_id,
-            summary=alerts.summary(event),
+            summary=summary,
         )
-        routed = await self._add_alerts(session, customer, event)
-        ledger.mark_processed(session, event_id, kind, outcome)
-        cards = bool(changed & CARD_FIELDS) and bool(
-            await shared_cards.for_customer(session, customer.id)
-        )
+        routed = await self._add_alerts(batch, customer, event, summary)
+        batch.writes.mark_processed(event_id, kind, outcome)
+        cards = bool(changed & CARD_FIELDS) and customer.id in batch.with_cards
         return Applied(outcome, customer.id, alerts=routed, cards=cards)
 
     async def _already_done(self, session, customers: Customers, external_id: str) -> Applied:
@@ -317,7 +317,9 @@ class Sync:
         await customers.erase(existing, occurred_at=stamp, source=source)
         return existing
 
-    async def _add_alerts(self, session, customer: Customer, event: dict[str, Any]) -> bool:
+    async def _add_alerts(
+        self, batch: _Batch, customer: Customer, event: dict[str, Any], line: str
+    ) -> bool:
         """A pending ledger row per channel that cares; False when none does."""
         if customer.erased_at is not None:
             return False
@@ -327,17 +329,12 @@ class Sync:
         )
         if not routes:
             return False
-        channels = session.info.get("channels")  # once per transaction
-        if channels is None:
-            departments = await all_departments(session)
-            channels = {key: d.channel_id for key, d in departments.items()}
-            session.info["channels"] = channels
-        line = alerts.summary(event)
+        if batch.channels is None:
+            departments = await all_departments(batch.session)
+            batch.channels = {key: d.channel_id for key, d in departments.items()}
         added = False
-        for target in alerts.by_channel(routes, channels):
-            ledger.add_alert(
-                session,
-                self.deps.vault,
+        for target in alerts.by_channel(routes, batch.channels):
+            batch.writes.add_alert(
                 customer,
                 event_id=event["id"],
                 channel_id=target.channel,
@@ -347,6 +344,17 @@ class Sync:
             )
             added = True
         return added
+
+
+@dataclass
+class _Batch:
+    """What the events of one transaction share."""
+
+    session: Any
+    customers: Customers
+    writes: ledger.Writes
+    with_cards: set[uuid.UUID]  # the batch's customers that have shared cards
+    channels: dict[str, str] | None = None  # department -> channel, loaded when first needed
 
 
 def _fail(futures, error: Exception) -> None:

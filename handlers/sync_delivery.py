@@ -80,6 +80,9 @@ class Delivery:
         self._waiting: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
         self._worker: asyncio.Task[None] | None = None
         self._unconfirmed = _Done()  # posted, not yet recorded (the database failed)
+        self._recording = _Done()  # posted, waiting for the next group commit
+        self._recorded: list[asyncio.Future[None]] = []
+        self._recorder: asyncio.Task[None] | None = None
         self.owner = str(uuid.uuid4())  # this process, in the delivery leases
         self._started: set[asyncio.Task[None]] = set()
         # (customer, channel) -> when an alert was last posted there; entries older than the
@@ -178,18 +181,37 @@ class Delivery:
         return failures
 
     async def _record(self, done: _Done) -> None:
-        """Record what was just posted (or failed for good), before the next post. If the
-        database fails now, keep it: the next round writes it first, so what Slack already has
-        is not posted again."""
-        try:
-            async with self.deps.db.transaction() as session:
-                for customer_id, channel, ts in done.threads:
-                    ledger.start_thread(session, customer_id, channel, ts)
-                await ledger.settle_many(session, done.settled)
-        except Exception:
-            self._unconfirmed.settled += done.settled
-            self._unconfirmed.threads += done.threads
-            raise
+        """Record what was just posted (or failed for good), before the next post. Posts
+        recorded at the same moment share one transaction (a group commit: each poster still
+        waits for its own record, so at most one post per customer and channel is ever
+        unrecorded). If the database fails now, keep it: the next round writes it first, so
+        what Slack already has is not posted again."""
+        self._recording.settled += done.settled
+        self._recording.threads += done.threads
+        future = asyncio.get_running_loop().create_future()
+        self._recorded.append(future)
+        if self._recorder is None or self._recorder.done():
+            self._recorder = asyncio.get_running_loop().create_task(self._record_waiting())
+        await future
+
+    async def _record_waiting(self) -> None:
+        while self._recorded:
+            done, self._recording = self._recording, _Done()
+            waiting, self._recorded = self._recorded, []
+            try:
+                async with self.deps.db.transaction() as session:
+                    for customer_id, channel, ts in done.threads:
+                        ledger.start_thread(session, customer_id, channel, ts)
+                    await ledger.settle_many(session, done.settled)
+            except Exception as exc:
+                self._unconfirmed.settled += done.settled
+                self._unconfirmed.threads += done.threads
+                _settle(waiting, exc)
+            except BaseException as exc:  # cancelled: the posters must not wait forever
+                _settle(waiting, RuntimeError("stopped while recording"))
+                raise exc
+            else:
+                _settle(waiting, None)
 
     async def _confirm(self, session) -> None:
         for customer_id, channel, ts in self._unconfirmed.threads:
@@ -303,3 +325,13 @@ class Delivery:
                 if exc.transient:
                     raise
                 log.warning("shared card %s not updated: %s", card.id, exc.kind)
+
+
+def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+    for future in futures:
+        if future.done():
+            continue
+        if error is None:
+            future.set_result(None)
+        else:
+            future.set_exception(error)

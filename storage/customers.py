@@ -78,10 +78,16 @@ def clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 class Customers:
-    def __init__(self, session: AsyncSession, vault: Vault):
+    def __init__(self, session: AsyncSession, vault: Vault, *, defer_index: bool = False):
+        """With `defer_index`, blind-index rows are kept until `write_index` (a batch of sync
+        events writes them all at once); the caller must call it before committing."""
         self.session = session
         self.vault = vault
         self._locked: dict[str, Customer | None] = {}  # by external id, locked by `preload`
+        # customer id -> (had no rows before, its rows), when deferring
+        self._deferred: dict[uuid.UUID, tuple[bool, list[dict]]] | None = (
+            {} if defer_index else None
+        )
 
     # --- reading ---
 
@@ -100,6 +106,9 @@ class Customers:
         stmt = select(Customer).where(Customer.external_id.in_(wanted)).with_for_update()
         found = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
         self._locked.update({e: found.get(e) for e in wanted})
+
+    def preloaded(self) -> list[Customer]:
+        return [c for c in self._locked.values() if c is not None]
 
     async def by_external_id(self, external_id: str, *, for_update: bool = False):
         external_id = external_id.strip()
@@ -235,11 +244,31 @@ class Customers:
     ) -> None:
         """Replace the customer's blind-index rows with rows for its current values."""
         record = record or self.read(customer)
+        rows = index_rows(self.vault, customer.id, record)
+        if self._deferred is not None:
+            earlier = self._deferred.get(customer.id)
+            self._deferred[customer.id] = (new if earlier is None else earlier[0], rows)
+            return
         if not new:
             await self.session.execute(
                 delete(BlindIndex).where(BlindIndex.customer_id == customer.id)
             )
-        rows = index_rows(self.vault, customer.id, record)
+        if rows:
+            await insert_index_rows(self.session, rows)
+
+    async def write_index(self) -> None:
+        """Write the deferred blind-index rows: the session is flushed (so the customers
+        exist), then one DELETE of the replaced rows and one bulk insert."""
+        deferred, self._deferred = self._deferred or {}, {}
+        if not deferred:
+            return
+        await self.session.flush()
+        replaced = [cid for cid, (new, _) in deferred.items() if not new]
+        if replaced:
+            await self.session.execute(
+                delete(BlindIndex).where(BlindIndex.customer_id.in_(replaced))
+            )
+        rows = [row for _, rows in deferred.values() for row in rows]
         if rows:
             await insert_index_rows(self.session, rows)
 
@@ -264,7 +293,8 @@ class Customers:
             self.session.add(customer)
             if customer.external_id in self._locked:
                 self._locked[customer.external_id] = customer
-            await self.session.flush()
+            if self._deferred is None:
+                await self.session.flush()  # the index rows refer to it
             await self.reindex(customer, self._record_from(customer, changes), new=True)
             return UpsertResult(customer, created=True, applied=True, changed=set(changes))
         last = (customer.source_clock or {}).get(source)
@@ -313,6 +343,8 @@ class Customers:
         """Crypto-shredding: the data key and index rows go, so every ciphertext about this
         customer, anywhere in the database, is unreadable at once."""
         await self.session.execute(delete(BlindIndex).where(BlindIndex.customer_id == customer.id))
+        if self._deferred is not None:
+            self._deferred.pop(customer.id, None)
         for name in PERSONAL:
             setattr(customer, f"{name}_ct", None)
         for name in PLAIN:

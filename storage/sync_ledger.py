@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, select, update
+from sqlalchemy import bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -35,7 +35,7 @@ PENDING, POSTED, FAILED, DROPPED = "pending", "posted", "failed", "dropped"
 DeliveryKey = tuple[str, str]  # (event id, channel id)
 
 
-# --- processed events -------------------------------------------------------------------------
+# --- what a batch of events writes -----------------------------------------------------------
 
 
 async def processed_among(session: AsyncSession, event_ids: Sequence[str]) -> set[str]:
@@ -44,38 +44,88 @@ async def processed_among(session: AsyncSession, event_ids: Sequence[str]) -> se
     return set((await session.execute(stmt)).scalars())
 
 
-def mark_processed(session: AsyncSession, event_id: str, type_: str, outcome: str) -> None:
-    """Recorded in the transaction that applies the event (the primary key refuses a second)."""
-    session.add(ProcessedEvent(event_id=event_id, type=type_, outcome=outcome))
+class Writes:
+    """The rows a batch of events adds (processed ids, timeline entries, pending alerts),
+    written together by `write` (one executemany per table) instead of object by object."""
 
+    def __init__(self, vault: Vault) -> None:
+        self.vault = vault
+        self.processed: list[dict] = []
+        self.timeline: list[dict] = []
+        self.alerts: list[dict] = []
 
-# --- timeline ---------------------------------------------------------------------------------
+    def mark_processed(self, event_id: str, type_: str, outcome: str) -> None:
+        """Recorded with the event's effects (the primary key refuses a second)."""
+        self.processed.append(
+            {"event_id": event_id, "type": type_, "outcome": outcome, "processed_at": utcnow()}
+        )
 
+    def add_timeline(
+        self,
+        customer: Customer,
+        *,
+        kind: str,
+        source: str,
+        occurred_at: datetime,
+        event_id: str,
+        summary: str | None,
+    ) -> None:
+        """A timeline entry; the summary sealed under the customer's key (None once erased)."""
+        entry_id = new_id()
+        sealed = None
+        if customer.erased_at is None and summary:
+            sealed = self.vault.seal(customer, "timeline", "summary", entry_id, summary)
+        self.timeline.append(
+            {
+                "id": entry_id,
+                "customer_id": customer.id,
+                "occurred_at": occurred_at,
+                "kind": kind[:40],
+                "source": source[:64],
+                "summary_ct": sealed,
+                "event_id": event_id,
+                "created_at": utcnow(),
+            }
+        )
 
-def add_timeline(
-    session: AsyncSession,
-    vault: Vault,
-    customer: Customer,
-    *,
-    kind: str,
-    source: str,
-    occurred_at: datetime,
-    event_id: str,
-    summary: str | None,
-) -> TimelineEntry:
-    """A timeline entry; the summary sealed under the customer's key (None once erased)."""
-    entry = TimelineEntry(
-        id=new_id(),
-        customer_id=customer.id,
-        occurred_at=occurred_at,
-        kind=kind[:40],
-        source=source[:64],
-        event_id=event_id,
-    )
-    if customer.erased_at is None and summary:
-        entry.summary_ct = vault.seal(customer, "timeline", "summary", entry.id, summary)
-    session.add(entry)
-    return entry
+    def add_alert(
+        self,
+        customer: Customer,
+        *,
+        event_id: str,
+        channel_id: str,
+        line: str,
+        placement: str,
+        broadcast: bool,
+    ) -> None:
+        """A `pending` alert: the outbox row toward Slack."""
+        rid = line_row_id(event_id, channel_id)
+        self.alerts.append(
+            {
+                "event_id": event_id,
+                "channel_id": channel_id,
+                "customer_id": customer.id,
+                "line_ct": self.vault.seal(customer, "alert_deliveries", "line", rid, line),
+                "placement": placement,
+                "broadcast": broadcast,
+                "status": PENDING,
+                "error": None,
+                "ts": None,
+                "created_at": utcnow(),
+                "posted_at": None,
+            }
+        )
+
+    async def write(self, session: AsyncSession) -> None:
+        """Insert the rows (after the session flushed the customers they refer to)."""
+        for model, rows in (
+            (TimelineEntry, self.timeline),
+            (AlertDelivery, self.alerts),
+            (ProcessedEvent, self.processed),
+        ):
+            if rows:
+                await session.execute(insert(model.__table__), rows)
+        self.processed, self.timeline, self.alerts = [], [], []
 
 
 # --- alert ledger -----------------------------------------------------------------------------
@@ -84,33 +134,6 @@ def add_timeline(
 def line_row_id(event_id: str, channel_id: str) -> str:
     """What an alert's sealed text is bound to (table, column and this id)."""
     return f"{event_id}/{channel_id}"
-
-
-def add_alert(
-    session: AsyncSession,
-    vault: Vault,
-    customer: Customer,
-    *,
-    event_id: str,
-    channel_id: str,
-    line: str,
-    placement: str,
-    broadcast: bool,
-) -> AlertDelivery:
-    row = AlertDelivery(
-        event_id=event_id,
-        channel_id=channel_id,
-        customer_id=customer.id,
-        line_ct=vault.seal(
-            customer, "alert_deliveries", "line", line_row_id(event_id, channel_id), line
-        ),
-        placement=placement,
-        broadcast=broadcast,
-        status=PENDING,
-        created_at=utcnow(),
-    )
-    session.add(row)
-    return row
 
 
 def open_line(vault: Vault, customer: Customer, row: AlertDelivery) -> str | None:
