@@ -403,7 +403,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--events", type=int, default=20_000)
     p.add_argument("--customers", type=int, default=2_000)
     p.add_argument("--db", choices=["sqlite", "postgresql"], default="sqlite")
-    p.add_argument("--prefetch", type=int, default=64)
+    p.add_argument("--prefetch", type=int, default=256)
     p.add_argument("--naive-events", type=int, default=0, help="cap the naive run (0: all)")
     p.add_argument("--backlog", type=int, default=0, help="peak-memory mode with N queued")
     p.add_argument("--seconds", type=float, default=120, help="backlog mode: consume this long")

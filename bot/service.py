@@ -30,7 +30,7 @@ class Tuning:
     per_channel_interval: float = 1.0
     retry_delays: tuple[float, ...] = (1, 5, 30)
     max_attempts: int = 5
-    prefetch: int = 64
+    prefetch: int = 256
     job_interval: float | None = None  # overrides every job's interval (tests)
     outbox_poll: float = 1.0
 

@@ -6,11 +6,14 @@ import json
 import uuid
 from datetime import UTC, datetime, timedelta
 
+import fastjsonschema
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bot.blocks.alerts import alert_message, thread_header
 from bot.config import AlertRule, parse_config
-from handlers import alerts
+from handlers import alerts, sync
 from handlers.alerts import THREAD, TOP_LEVEL, ChannelRoute, Pending, Route
 from handlers.sync import InvalidEvent, parse_event, parse_time
 from storage.customers import CustomerRecord
@@ -291,3 +294,54 @@ def test_valid_event_and_times():
     )
     with pytest.raises(ValueError):
         parse_time("2026-03-01")
+
+
+# Events of every inbound type, then bent: a field dropped, or replaced by any JSON value.
+_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner),
+    max_leaves=6,
+)
+_EVENTS = [
+    GOOD,
+    ev("customer.upserted", email="a@b.example", name="Ada", annual_value=5),
+    ev("customer.deleted"),
+    ev("deal.stage_changed", {"deal_id": "D", "stage": "closed_won", "amount": 5}),
+    ev("ticket.escalated", {"ticket_id": "T", "subject": "s", "priority": "urgent"}),
+    ev("invoice.overdue", {"invoice_id": "I", "amount": 5, "currency": "EUR", "days_overdue": 3}),
+    ev("payment.received", {"invoice_id": "I", "amount": 5, "currency": "EUR"}),
+]
+
+
+@st.composite
+def _bent_events(draw):
+    event = json.loads(json.dumps(draw(st.sampled_from(_EVENTS))))
+    for _ in range(draw(st.integers(0, 2))):
+        target = event
+        if "data" in event and isinstance(event["data"], dict) and draw(st.booleans()):
+            target = event["data"]
+        keys = [*sorted(target), "extra"]
+        key = draw(st.sampled_from(keys))
+        if draw(st.booleans()) and key in target:
+            del target[key]
+        else:
+            target[key] = draw(
+                _VALUES | st.sampled_from(["2026-03-01T10:00:00Z", "2026-13-01T10:00:00Z", ""])
+            )
+    return event
+
+
+@settings(max_examples=400, deadline=None)
+@given(_bent_events())
+def test_the_fast_validator_accepts_exactly_what_the_reference_one_does(event):
+    """Every event is checked by the compiled validator; only the reference one names reasons.
+    They must agree, or a malformed event would be applied (or a good one dead-lettered)."""
+    assert sync.validator().is_valid(event) == _fast_accepts(event)
+
+
+def _fast_accepts(event) -> bool:
+    try:
+        sync.fast_validator()(event)
+    except fastjsonschema.JsonSchemaValueException:
+        return False
+    return True

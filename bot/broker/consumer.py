@@ -68,7 +68,7 @@ class Consumer:
         handle: Handle,
         *,
         permanent_errors: tuple[type[Exception], ...] = (),
-        prefetch: int = 64,
+        prefetch: int = 256,
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
         max_attempts: int = 5,
         partition_key: PartitionKey | None = None,
