@@ -63,7 +63,6 @@ MAX_BATCH = 200  # customers per delivery round
 # with several replicas, the others leave that customer's pending rows to it; if it stops,
 # another takes over once the lease ran out.
 LEASE = timedelta(seconds=30)
-POST_CONCURRENCY = 32  # customers posted for at once
 
 
 @dataclass
@@ -115,9 +114,9 @@ class Delivery:
         """Post what is pending and due for this customer; raise its first transient error.
 
         Callers wait on one delivery worker, which takes every customer waiting at that
-        moment: one transaction loads their alerts, the posts run concurrently (one customer's
-        in order), one transaction records them. The worker is the only poster, so the
-        consumer and the flush job never post the same rows."""
+        moment: one transaction loads their alerts, the posts run concurrently (each customer
+        and channel in order), and are recorded in group commits. The worker is the only
+        poster, so the consumer and the flush job never post the same rows."""
         future = asyncio.get_running_loop().create_future()
         self._waiting.setdefault(customer_id, []).append(future)
         if self._worker is None or self._worker.done():
@@ -151,30 +150,33 @@ class Delivery:
         loaded = await self._load(ids)
         now = self.deps.clock()
         failures: dict[uuid.UUID, Exception] = {}
-        gate = asyncio.Semaphore(POST_CONCURRENCY)
 
-        async def one(record: CustomerRecord, by_channel, threads) -> None:
-            async with gate:
-                for channel, items in by_channel.items():
-                    if not alerts.is_due(self.recent.get((record.id, channel)), now, self.window):
-                        continue  # coalesced: the flush job posts them once the window passed
-                    try:
-                        await self._post(record, channel, threads.get(channel), items)
-                    except SlackError as exc:
-                        if exc.transient:
-                            failures.setdefault(record.id, exc)
-                            continue
-                        log.warning(
-                            "alerts for customer %s in %s failed for good: %s",
-                            record.id,
-                            channel,
-                            exc.kind,
-                        )
-                        failed = [(p.key, ledger.FAILED, None, exc.kind) for p in items]
-                        await self._record(_Done(settled=failed))
+        async def one(record: CustomerRecord, channel: str, thread_ts, items) -> None:
+            try:
+                await self._post(record, channel, thread_ts, items)
+            except SlackError as exc:
+                if exc.transient:
+                    failures.setdefault(record.id, exc)
+                    return
+                log.warning(
+                    "alerts for customer %s in %s failed for good: %s",
+                    record.id,
+                    channel,
+                    exc.kind,
+                )
+                failed = [(p.key, ledger.FAILED, None, exc.kind) for p in items]
+                await self._record(_Done(settled=failed))
 
-        # Every customer's posts end before the round does (the next round may post for them).
-        results = await asyncio.gather(*(one(*e) for e in loaded), return_exceptions=True)
+        # Every (customer, channel) of the round posts at once, each in order; the round holds
+        # at most MAX_BATCH customers. Coalesced alerts wait for the flush job (window passed).
+        posting = [
+            one(record, channel, threads.get(channel), items)
+            for record, by_channel, threads in loaded
+            for channel, items in by_channel.items()
+            if alerts.is_due(self.recent.get((record.id, channel)), now, self.window)
+        ]
+        # Every post ends before the round does (the next round may post for them).
+        results = await asyncio.gather(*posting, return_exceptions=True)
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0]

@@ -6,8 +6,10 @@ of work commits (or rolls back on an exception).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
@@ -62,11 +64,19 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
 
+_in_transaction: ContextVar[bool] = ContextVar("in_transaction", default=False)
+
+
 class Database:
     def __init__(self, url: str, **engine_kwargs):
         self.url = url
         self.engine = make_engine(url, **engine_kwargs)
         self.sessions = async_sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time, and every transaction here begins IMMEDIATE. This
+        # process's transactions queue on a lock, first come first served, instead of in
+        # SQLite's busy handler, which sleeps and retries: there, a steady writer (the sync
+        # consumer) starves the others (alert posting waited until the stream ended).
+        self._writer = asyncio.Lock() if self.dialect == "sqlite" else None
 
     @property
     def dialect(self) -> str:
@@ -75,8 +85,17 @@ class Database:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
         """One unit of work: commits when the block ends, rolls back on an exception."""
-        async with self.sessions() as session, session.begin():
-            yield session
+        if self._writer is None or _in_transaction.get():
+            async with self.sessions() as session, session.begin():
+                yield session
+            return
+        async with self._writer:
+            token = _in_transaction.set(True)
+            try:
+                async with self.sessions() as session, session.begin():
+                    yield session
+            finally:
+                _in_transaction.reset(token)
 
     async def ping(self) -> bool:
         try:

@@ -65,6 +65,7 @@ class Store:
         self.users: dict[str, dict[str, Any]] = dict(users or {})
         self.usergroups: dict[str, list[str]] = {k: list(v) for k, v in (usergroups or {}).items()}
         self._messages: dict[str, list[dict[str, Any]]] = {}  # channel -> all messages, ts order
+        self._by_ts: dict[tuple[str, str], dict[str, Any]] = {}  # (channel, ts) -> message
         self._edits: dict[tuple[str, str], list[dict[str, Any]]] = {}
         self._ephemerals: list[Ephemeral] = []
         self._homes: dict[str, dict[str, Any]] = {}
@@ -150,6 +151,7 @@ class Store:
     def add_message(self, channel: str, message: dict[str, Any]) -> dict[str, Any]:
         """Append a message (already Slack-shaped, with `ts`); updates its thread parent."""
         self._messages.setdefault(channel, []).append(message)
+        self._by_ts[(channel, message["ts"])] = message
         parent_ts = message.get("thread_ts")
         if parent_ts and parent_ts != message["ts"]:
             parent = self.message(channel, parent_ts)
@@ -181,14 +183,12 @@ class Store:
         if message is None:
             return False
         self._messages[channel].remove(message)
+        del self._by_ts[(channel, ts)]
         self.emit("message_deleted", channel=channel, ts=ts)
         return True
 
     def message(self, channel: str, ts: str) -> dict[str, Any] | None:
-        for message in self._messages.get(channel, []):
-            if message["ts"] == ts:
-                return message
-        return None
+        return self._by_ts.get((channel, ts))
 
     def messages(self, channel: str) -> list[dict[str, Any]]:
         """Top-level messages of a channel (and replies shown there by reply_broadcast), oldest
