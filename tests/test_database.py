@@ -16,7 +16,7 @@ async def test_a_steady_writer_does_not_starve_another_on_sqlite(tmp_path):
     async with db.transaction() as session:
         await session.execute(text("CREATE TABLE t (who TEXT)"))
     steady_done = 0
-    stop = asyncio.Event()
+    stop, going = asyncio.Event(), asyncio.Event()
 
     async def steady() -> None:
         nonlocal steady_done
@@ -26,11 +26,12 @@ async def test_a_steady_writer_does_not_starve_another_on_sqlite(tmp_path):
                 await asyncio.sleep(0.01)  # a batch's work, during which other tasks run
                 await session.execute(text("INSERT INTO t VALUES ('steady')"))
             steady_done += 1
+            if steady_done == 3:
+                going.set()
 
     writer = asyncio.create_task(steady())
     try:
-        while steady_done < 3:
-            await asyncio.sleep(0)
+        await asyncio.wait_for(going.wait(), timeout=10)
         before = steady_done
         async with db.transaction() as session:
             await session.execute(text("INSERT INTO t VALUES ('other')"))
