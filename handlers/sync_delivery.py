@@ -78,6 +78,7 @@ class Delivery:
         self.deps = deps
         self._waiting: dict[uuid.UUID, list[asyncio.Future[None]]] = {}
         self._worker: asyncio.Task[None] | None = None
+        self._round: set[uuid.UUID] = set()  # the customers of the round being posted
         self._unconfirmed = _Done()  # posted, not yet recorded (the database failed)
         self._recording = _Done()  # posted, waiting for the next group commit
         self._recorded: list[asyncio.Future[None]] = []
@@ -127,6 +128,7 @@ class Delivery:
         while self._waiting:
             ids = list(itertools.islice(self._waiting, MAX_BATCH))
             futures = {cid: self._waiting.pop(cid) for cid in ids}
+            self._round = set(ids)
             try:
                 failures = await self._deliver_batch(ids)
             except asyncio.CancelledError:
@@ -136,6 +138,8 @@ class Delivery:
                 raise
             except Exception as exc:  # the database: every caller retries
                 failures = dict.fromkeys(ids, exc)
+            finally:
+                self._round = set()
             for cid, waiting in futures.items():
                 for future in waiting:
                     if future.done():
@@ -295,8 +299,10 @@ class Delivery:
         self._prune()
         async with self.deps.db.transaction() as session:
             customer_ids = await ledger.customers_with_pending(session)
+        # Customers queued or being posted for already are left to that delivery.
+        busy = self._round | set(self._waiting)
         results = await asyncio.gather(
-            *(self.deliver(c) for c in customer_ids), return_exceptions=True
+            *(self.deliver(c) for c in customer_ids if c not in busy), return_exceptions=True
         )
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
