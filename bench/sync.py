@@ -14,6 +14,8 @@ Rows of the table (all in the same run, over the same events):
   every alert is its own post, the worst case) and recorded in the delivery ledger; on each
   database asked for (`--db`, both by default). Its events/s counts until every event is applied
   AND every alert posted; "all applied at" is when the last event was applied;
+- crm-bot, N replicas: the same on PostgreSQL with `--replicas` bot processes (2 by default)
+  sharing the queue and the database, as a deployment scales out;
 - crm-bot paced: the per-channel pacing on its own (SlackOut at 10 posts/s/channel, burst 3).
 `--backlog N` publishes N events first, then starts the bot and samples its RSS while it
 consumes (prefetch bounds what is held in memory). Everything runs in a throwaway vhost
@@ -260,8 +262,8 @@ async def naive(url: str, api_url: str, n: int) -> float:
     return await asyncio.to_thread(_naive_consume, url, api_url, n)
 
 
-async def _counts(service: BotService) -> tuple[int, int, int]:
-    async with service.deps.db.transaction() as session:
+async def _counts(db) -> tuple[int, int, int]:
+    async with db.transaction() as session:
         done = (await session.execute(select(func.count()).select_from(ProcessedEvent))).scalar()
         rows = await session.execute(
             select(AlertDelivery.status, func.count()).group_by(AlertDelivery.status)
@@ -278,14 +280,8 @@ def rss_mb() -> float:
     return float("nan")
 
 
-async def crm_bot(
-    url: str, api_url: str, db_url: str, n: int, n_customers: int, prefetch: int, limit: float
-) -> dict:
-    connection = await aio_pika.connect(url)
-    await declare_topology(await connection.channel())
-    await connection.close()
-    await publish(url, events(n, n_customers))
-    settings = Settings(
+def _settings(url: str, api_url: str, db_url: str) -> Settings:
+    return Settings(
         _env_file=None,
         slack_bot_token=TOKEN,
         slack_signing_secret=SECRET,
@@ -294,36 +290,116 @@ async def crm_bot(
         crm_master_keys=KEYS,
         amqp_url=url,
     )
-    service = BotService(
-        settings, parse_config(CONFIG), Tuning(per_channel_interval=0, prefetch=prefetch)
-    )
-    rss_before = rss_mb()
-    peak = rss_before
+
+
+def _service(url: str, api_url: str, db_url: str, prefetch: int) -> BotService:
+    tuning = Tuning(per_channel_interval=0, prefetch=prefetch)
+    return BotService(_settings(url, api_url, db_url), parse_config(CONFIG), tuning)
+
+
+async def _publish_all(url: str, n: int, n_customers: int) -> None:
+    connection = await aio_pika.connect(url)
+    await declare_topology(await connection.channel())
+    await connection.close()
+    await publish(url, events(n, n_customers))
+
+
+async def _until_done(db, n: int, limit: float, started: float, sample=None) -> dict:
+    """Poll the books until every event is applied and every alert posted (or `limit`)."""
+    applied_at = None
+    while True:
+        done, pending, posted = await _counts(db)
+        if sample is not None:
+            sample()
+        now = time.perf_counter() - started
+        if done >= n and applied_at is None:
+            applied_at = now
+        if (done >= n and pending == 0) or now > limit:
+            break
+        await asyncio.sleep(0.25)
+    elapsed = time.perf_counter() - started
+    return {"elapsed": elapsed, "applied_at": applied_at, "done": done, "posted": posted}
+
+
+async def crm_bot(
+    url: str, api_url: str, db_url: str, n: int, n_customers: int, prefetch: int, limit: float
+) -> dict:
+    await _publish_all(url, n, n_customers)
+    service = _service(url, api_url, db_url, prefetch)
+    rss = {"before": rss_mb()}
+    rss["peak"] = rss["before"]
+
+    def sample() -> None:
+        rss["peak"] = max(rss["peak"], rss_mb())
+
     started = time.perf_counter()
     await service.start(port=0)
-    applied_at = None
     try:
-        while True:
-            done, pending, posted = await _counts(service)
-            peak = max(peak, rss_mb())
-            now = time.perf_counter() - started
-            if done >= n and applied_at is None:
-                applied_at = now
-            if (done >= n and pending == 0) or now > limit:
-                break
-            await asyncio.sleep(0.25)
-        elapsed = time.perf_counter() - started
+        result = await _until_done(service.deps.db, n, limit, started, sample)
     finally:
         await service.stop()
-    return {
-        "elapsed": elapsed,
-        "applied_at": applied_at,
-        "done": done,
-        "posted": posted,
-        "pending": pending,
-        "rss_before": rss_before,
-        "rss_peak": peak,
-    }
+    return {**result, "rss_before": rss["before"], "rss_peak": rss["peak"]}
+
+
+def _replica_main(conn, url: str, api_url: str, db_url: str, prefetch: int) -> None:
+    """One `crm-bot serve` worth of BotService in a process of its own: built, then started
+    when told, stopped when told."""
+
+    async def run() -> None:
+        service = _service(url, api_url, db_url, prefetch)
+        loop = asyncio.get_running_loop()
+        conn.send("ready")
+        await loop.run_in_executor(None, conn.recv)
+        await service.start(port=0)
+        await loop.run_in_executor(None, conn.recv)
+        await service.stop()
+
+    logging.basicConfig(level=logging.ERROR)
+    asyncio.run(run())
+
+
+async def crm_bot_replicas(
+    url: str,
+    api_url: str,
+    db_url: str,
+    n: int,
+    n_customers: int,
+    prefetch: int,
+    limit: float,
+    replicas: int,
+) -> dict:
+    """The same, with `replicas` bot processes sharing the queue and the database (how a
+    deployment scales out: delivery leases keep their alerts from doubling)."""
+    from storage.db import Database
+
+    await _publish_all(url, n, n_customers)
+    ctx = mp.get_context("spawn")
+    pipes, processes = [], []
+    for _ in range(replicas):
+        mine, theirs = ctx.Pipe()
+        process = ctx.Process(
+            target=_replica_main, args=(theirs, url, api_url, db_url, prefetch), daemon=True
+        )
+        process.start()
+        pipes.append(mine)
+        processes.append(process)
+    loop = asyncio.get_running_loop()
+    for pipe in pipes:
+        await loop.run_in_executor(None, pipe.recv)  # built: imports and set-up done
+    db = Database(db_url)
+    started = time.perf_counter()
+    for pipe in pipes:
+        pipe.send("start")
+    try:
+        return await _until_done(db, n, limit, started)
+    finally:
+        for pipe in pipes:
+            pipe.send("stop")
+        for process in processes:
+            await loop.run_in_executor(None, process.join, 30)
+            if process.is_alive():
+                process.terminate()
+        await db.close()
 
 
 async def paced(api_url: str, posts: int = 30) -> float:
@@ -388,6 +464,24 @@ async def main(args: argparse.Namespace) -> None:
                 ]
             )
             print(rows[-1], flush=True)
+        if args.replicas > 1 and "postgresql" in args.db:
+            async with throwaway_database("postgresql", tmp) as db_url:
+                r = await crm_bot_replicas(
+                    url, api_url, db_url, n, args.customers, args.prefetch, 900, args.replicas
+                )
+            applied = f"{r['applied_at']:.1f}" if r["applied_at"] is not None else "-"
+            rows.append(
+                [
+                    f"crm-bot end to end ({args.replicas} replicas, postgresql)",
+                    r["done"],
+                    r["elapsed"],
+                    r["done"] / r["elapsed"],
+                    applied,
+                    r["posted"],
+                ]
+            )
+            ours.append((f"{args.replicas} replicas", {"rss_before": 0, "rss_peak": 0}))
+            print(rows[-1], flush=True)
         rate = await paced(api_url)
         rows.append(["SlackOut paced 10/s/channel (1 channel)", 30, 30 / rate, rate, "-", 30])
         ceiling, naive_rate = rows[0][3], rows[1][3]
@@ -400,10 +494,10 @@ async def main(args: argparse.Namespace) -> None:
         )
         print()
         for (db, r), row in zip(ours, rows[2:], strict=False):
+            memory = f"; RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB"
             print(
                 f"crm-bot ({db}): {row[3] / ceiling:.1%} of the bare ceiling, "
-                f"{row[3] / naive_rate:.2f}x the naive consumer; "
-                f"RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB"
+                f"{row[3] / naive_rate:.2f}x the naive consumer" + (memory if r["rss_peak"] else "")
             )
 
 
@@ -415,6 +509,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--db", nargs="+", choices=["sqlite", "postgresql"], default=["sqlite", "postgresql"]
     )
     p.add_argument("--prefetch", type=int, default=256)
+    p.add_argument(
+        "--replicas", type=int, default=2, help="also run N bot processes on PostgreSQL (1: no)"
+    )
     p.add_argument("--naive-events", type=int, default=0, help="cap the naive run (0: all)")
     p.add_argument("--backlog", type=int, default=0, help="peak-memory mode with N queued")
     p.add_argument("--seconds", type=float, default=120, help="backlog mode: consume this long")

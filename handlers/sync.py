@@ -21,8 +21,10 @@ Decisions where the contract is silent:
 
 - Which types may create a customer: `customer.upserted`, and `lead.qualified` (a lead is how
   a customer first appears in the marketing system). Every other type needs a customer the bot
-  already holds: an unknown one is `InvalidEvent` ("unknown customer"), as is an erased one
-  (only `customer.upserted` brings an erased customer back).
+  already holds. An unknown one is `UnknownCustomer`, retried through the retry queues and
+  dead-lettered only after the last attempt: its creating event may still be on its way (sent
+  out of order, or being applied by another replica at that moment). An erased one is
+  `InvalidEvent` at once (only `customer.upserted` brings an erased customer back).
 - `customer.deleted` always erases, whatever its `occurred_at` (an erasure request wins over an
   update); for an unknown customer it leaves a tombstone (an erased record whose source clock
   refuses the older upserts still in flight). Its pending alerts are dropped, not posted.
@@ -79,6 +81,10 @@ MAX_BATCH = 100  # events applied in one transaction at most
 
 class InvalidEvent(Exception):
     """The message can never be applied: dead-letter it at once; the message is the reason."""
+
+
+class UnknownCustomer(Exception):
+    """The event is about a customer not known (yet): retried, then dead-lettered."""
 
 
 # --- parsing and validation -----------------------------------------------------------------
@@ -250,8 +256,8 @@ class Sync:
                 else:
                     future.set_result(result)
 
-    async def _apply_batch(self, events: list[dict[str, Any]]) -> list[Applied | InvalidEvent]:
-        results: list[Applied | InvalidEvent] = []
+    async def _apply_batch(self, events: list[dict[str, Any]]) -> list[Applied | Exception]:
+        results: list[Applied | Exception] = []
         async with self.deps.db.transaction() as session:
             # One query each for what the batch needs to know first (processed ids, its
             # customers, locked, and which of them have shared cards), not a few per event.
@@ -268,15 +274,15 @@ class Sync:
                 for event in events:
                     try:
                         results.append(await self._apply_one(batch, event, event["id"] in done))
-                    except InvalidEvent as exc:
+                    except (InvalidEvent, UnknownCustomer) as exc:
                         results.append(exc)
             await customers.write_index()
             await batch.writes.write(session)
         return results
 
     async def _apply_one(self, batch: _Batch, event: dict[str, Any], done: bool) -> Applied:
-        """Apply one event in the batch's transaction. InvalidEvent is raised before anything
-        is written, so the other events of a batch are unaffected."""
+        """Apply one event in the batch's transaction. InvalidEvent and UnknownCustomer are
+        raised before anything is written, so the other events of a batch are unaffected."""
         customers = batch.customers
         event_id, kind = event["id"], event["type"]
         external_id = event["customer"]["external_id"]
@@ -289,7 +295,7 @@ class Sync:
             outcome, changed = APPLIED, set(CARD_FIELDS)
         else:
             if existing is None and kind not in CREATING_TYPES:
-                raise InvalidEvent(f"unknown customer {external_id!r} for {kind}")
+                raise UnknownCustomer(f"unknown customer {external_id!r} for {kind}")
             erased = existing is not None and existing.erased_at is not None
             if erased and kind != "customer.upserted":
                 raise InvalidEvent(f"customer {external_id!r} was erased; {kind} refused")

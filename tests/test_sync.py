@@ -285,15 +285,40 @@ async def test_the_same_event_twice_has_one_effect_and_one_post(sync_bot):
         assert len(texts) == 1, channel
 
 
-async def test_unknown_customer_is_dead_lettered_and_a_lead_creates_one(sync_bot, amqp_url):
+async def test_unknown_customer_is_retried_then_dead_lettered_and_a_lead_creates_one(
+    sync_bot, amqp_url
+):
     bot = await sync_bot()
     await bot.publish(ticket(ext="C-404"), lead("C-NEW"))
     await processed(bot, 1)
     letters = await eventually(lambda: dlq_list(amqp_url))
     assert [(d.type, d.reason) for d in letters] == [
-        ("ticket.escalated", "unknown customer 'C-404' for ticket.escalated")
+        (
+            "ticket.escalated",
+            "gave up after 5 attempts: UnknownCustomer: "
+            "unknown customer 'C-404' for ticket.escalated",
+        )
     ]
     assert (await record(bot, "C-NEW")) is not None and (await record(bot, "C-404")) is None
+
+
+async def test_an_event_arriving_before_its_customer_is_applied_once_the_customer_is(
+    sync_bot, amqp_url
+):
+    """Sent out of order, or the creation being applied by another replica at that moment:
+    the event waits in the retry queues instead of being dead-lettered."""
+    bot = await sync_bot()
+    retried = outcome("retried")
+    await bot.publish(ticket(ext="C-LATE"))
+    await eventually(lambda: outcome("retried") > retried)
+    await bot.publish(lead("C-LATE"))
+    await processed(bot, 2)
+    customer = await record(bot, "C-LATE")
+    async with bot.deps.db.transaction() as session:
+        stmt = select(TimelineEntry.kind).where(TimelineEntry.customer_id == customer.id)
+        kinds = set((await session.execute(stmt)).scalars())
+    assert kinds == {"lead.qualified", "ticket.escalated"}
+    assert await dlq_list(amqp_url) == []
 
 
 async def test_own_events_are_ignored(sync_bot):
