@@ -35,6 +35,10 @@ BENCHES: dict[str, tuple[list[str], list[str]]] = {
         ["-m", "bench.commands", "--customers", "5000", "--rounds", "2"],
     ),
     "sync": (["-m", "bench.sync"], ["-m", "bench.sync", "--events", "2000", "--customers", "500"]),
+    "sync-backlog": (
+        ["-m", "bench.sync", "--backlog", "100000", "--seconds", "60"],
+        ["-m", "bench.sync", "--backlog", "10000", "--seconds", "10"],
+    ),
     "load": (["bench/load.py"], ["bench/load.py", "--seconds", "15"]),
 }
 

@@ -1,12 +1,13 @@
 """Posting sync alerts from the delivery ledger, and keeping shared cards up to date.
 
 Every alert is a ledger row (storage/sync_ledger.py) written `pending` with the event it
-comes from. `deliver(customer)` posts a customer's pending alerts, channel by channel:
+comes from. `deliver(customer)` posts a customer's pending alerts, each channel in order:
 
 - reserve, post, confirm: one delivery worker posts (so the consumer and the flush job never
   post the same rows); a round loads the pending rows of the customers waiting in one
-  transaction, then each post is recorded (`posted`, with the message ts; a new thread's ts)
-  in a small transaction of its own before that customer's next post. A redelivered event
+  transaction, then posts for every (customer, channel) at once, and each post is recorded
+  (`posted`, with the message ts; a new thread's ts) before the next post in that channel for
+  that customer: records made at the same moment share one commit. A redelivered event
   finds nothing pending and posts nothing. When the database fails at such a commit, the
   worker keeps what was posted in memory and records it first in the next round, so a
   database outage doubles nothing. The one double window: the process dies between Slack's
