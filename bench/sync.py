@@ -448,40 +448,25 @@ async def main(args: argparse.Namespace) -> None:
         rows.append(["naive (pika + WebClient per event)", naive_n, t, naive_n / t, "-", naive_n])
         print(rows[-1], flush=True)
         ours = []
+
+        def add_row(label: str, r: dict) -> None:
+            applied = f"{r['applied_at']:.1f}" if r["applied_at"] is not None else "-"
+            row = [label, r["done"], r["elapsed"], r["done"] / r["elapsed"], applied, r["posted"]]
+            rows.append(row)
+            print(row, flush=True)
+
         for db in args.db:
             async with throwaway_database(db, tmp) as db_url:
                 r = await crm_bot(url, api_url, db_url, n, args.customers, args.prefetch, 900)
             ours.append((db, r))
-            applied = f"{r['applied_at']:.1f}" if r["applied_at"] is not None else "-"
-            rows.append(
-                [
-                    f"crm-bot end to end ({db})",
-                    r["done"],
-                    r["elapsed"],
-                    r["done"] / r["elapsed"],
-                    applied,
-                    r["posted"],
-                ]
-            )
-            print(rows[-1], flush=True)
+            add_row(f"crm-bot end to end ({db})", r)
         if args.replicas > 1 and "postgresql" in args.db:
             async with throwaway_database("postgresql", tmp) as db_url:
                 r = await crm_bot_replicas(
                     url, api_url, db_url, n, args.customers, args.prefetch, 900, args.replicas
                 )
-            applied = f"{r['applied_at']:.1f}" if r["applied_at"] is not None else "-"
-            rows.append(
-                [
-                    f"crm-bot end to end ({args.replicas} replicas, postgresql)",
-                    r["done"],
-                    r["elapsed"],
-                    r["done"] / r["elapsed"],
-                    applied,
-                    r["posted"],
-                ]
-            )
             ours.append((f"{args.replicas} replicas", {"rss_before": 0, "rss_peak": 0}))
-            print(rows[-1], flush=True)
+            add_row(f"crm-bot end to end ({args.replicas} replicas, postgresql)", r)
         rate = await paced(api_url)
         rows.append(["SlackOut paced 10/s/channel (1 channel)", 30, 30 / rate, rate, "-", 30])
         ceiling, naive_rate = rows[0][3], rows[1][3]
