@@ -20,6 +20,7 @@ from .models import BlindIndex, Customer, utcnow
 from .vault import Vault
 
 PERSONAL = ("name", "email", "phone", "company", "notes")
+PERSONAL_SET = frozenset(PERSONAL)
 PLAIN = ("tier", "lifecycle_stage", "owner_department", "owner_slack_user", "annual_value")
 FIELDS = PERSONAL + PLAIN
 INDEXED = ("name", "email", "phone", "company")
@@ -300,21 +301,29 @@ class Customers:
         last = (customer.source_clock or {}).get(source)
         if last is not None and datetime.fromisoformat(last) > occurred_at:
             return UpsertResult(customer, created=False, applied=False)
-        if customer.erased_at is not None:  # the system of record added them again
+        was_erased = customer.erased_at is not None
+        if was_erased:  # the system of record added them again
             customer.erased_at = None
             key = self.vault.new_customer_key(customer)
-            before = CustomerRecord(id=customer.id, external_id=customer.external_id)
+            changed = {k for k, v in changes.items() if v is not None}
         else:
-            key = self.vault.key_of(customer)
-            before = self.read(customer)
-        changed = {k for k, v in changes.items() if getattr(before, k) != v}
+            # Only the fields the change names are read (most sync events name none or one).
+            key = self.vault.key_of(customer) if PERSONAL_SET & changes.keys() else b""
+            changed = {k for k, v in changes.items() if self._current(customer, key, k) != v}
         self._encrypt_into(customer, key, {k: changes[k] for k in changed})
         customer.source_clock = {**(customer.source_clock or {}), source: stamp}
         if changed:
             customer.updated_at = utcnow()
-        if changed & {*INDEXED} or before.erased:
+        if changed & {*INDEXED} or was_erased:
             await self.reindex(customer)
         return UpsertResult(customer, created=False, applied=True, changed=changed)
+
+    def _current(self, customer: Customer, key: bytes, name: str) -> Any:
+        """One field's current value (decrypted when personal)."""
+        if name in PERSONAL_SET:
+            blob = getattr(customer, f"{name}_ct")
+            return decrypt_field(key, "customers", name, customer.id, blob)
+        return getattr(customer, name)
 
     def _record_from(self, customer: Customer, values: dict[str, Any]) -> CustomerRecord:
         return CustomerRecord(id=customer.id, external_id=customer.external_id, **values)
