@@ -153,7 +153,7 @@ async def _storage_command(args, db, vault) -> int:
             print(f"rebuilt the blind indexes of {m} customers")
     elif args.command == "audit" and args.audit_command == "verify":
         async with db.transaction() as session:
-            verdict = await audit.verify(session)
+            verdict = await audit.verify(session, vault)
         print(verdict)
         return 0 if verdict.ok else 1
     elif args.command == "audit":

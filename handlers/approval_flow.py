@@ -385,6 +385,7 @@ async def expire_due(deps: Deps) -> int:
                 entity_id=row.id,
                 customer=customer,
                 data=audit_data(row),
+                vault=deps.vault,
             )
             view = to_view(deps, row, customer, customers, departments)
         expired += 1

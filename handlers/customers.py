@@ -228,6 +228,7 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
             entity_id=record.id,
             customer=customer,
             data={"channel": posted["channel"], "ts": posted["ts"]},
+            vault=deps.vault,
         )
     log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
     return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")

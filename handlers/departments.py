@@ -98,6 +98,7 @@ async def link(deps: Deps, cmd: Command, key: str) -> dict:
             entity_type="department",
             entity_id=department.key,
             data={"channel": cmd.channel, "previous_channel": department.channel_id},
+            vault=deps.vault,
         )
     log.info("department %s linked to %s by %s", department.key, cmd.channel, cmd.user)
     return reply(

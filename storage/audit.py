@@ -1,13 +1,17 @@
 """The audit log: append-only and hash-chained, so an edited, removed or reordered entry shows.
 
-Each entry's hash is SHA-256 over its own fields and the previous entry's hash. Free-text
-details are encrypted under the customer's data key (they stay chained after an erasure; they
-just can no longer be read).
+Each entry's hash is an HMAC-SHA256, under the audit key (random, stored wrapped under the
+master key: storage.vault), over its own fields and the previous entry's hash. So someone who
+can write the database but holds no master key cannot rewrite entries and recompute the chain
+after them. Entries written before the audit key existed (`vault.audit_keyed_from`) keep the
+plain SHA-256 of the first version. Free-text details are encrypted under the customer's data
+key (they stay chained after an erasure; they just can no longer be read).
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import uuid
 from collections.abc import AsyncIterator
@@ -40,14 +44,18 @@ def _fields(entry: AuditEntry) -> dict:
     }
 
 
-def entry_hash(entry: AuditEntry) -> str:
+def entry_hash(entry: AuditEntry, vault: Vault) -> str:
     fields = {
         **_fields(entry),
         "details_ct": entry.details_ct.hex() if entry.details_ct else None,
         "prev_hash": entry.prev_hash,
     }
-    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str)
-    return hashlib.sha256(canonical.encode()).hexdigest()
+    canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
+    if entry.seq < vault.audit_keyed_from:  # written before the chain was keyed
+        return hashlib.sha256(canonical).hexdigest()
+    if vault.audit_key is None:
+        raise CryptoError("the audit key is not loaded")
+    return hmac.new(vault.audit_key, canonical, hashlib.sha256).hexdigest()
 
 
 async def append(
@@ -60,7 +68,7 @@ async def append(
     customer: Customer | None = None,
     data: dict[str, Any] | None = None,
     details: str | None = None,
-    vault: Vault | None = None,
+    vault: Vault,
 ) -> AuditEntry:
     """Add an entry in the caller's transaction (appends are serialised per database)."""
     if session.bind.dialect.name == "postgresql":
@@ -80,9 +88,9 @@ async def append(
         data=data or {},
         prev_hash=last.hash if last else GENESIS,
     )
-    if details and customer is not None and vault is not None:
+    if details and customer is not None:
         entry.details_ct = vault.seal(customer, "audit_log", "details", seq, details)
-    entry.hash = entry_hash(entry)
+    entry.hash = entry_hash(entry, vault)
     session.add(entry)
     await session.flush()
     return entry
@@ -95,16 +103,18 @@ class Verdict:
     bad_seq: int | None = None
     problem: str | None = None
     head: str | None = None  # the last entry's hash, for auditors to note and compare later
+    unkeyed: int = 0  # entries from before the audit key (plain hashes)
 
     def __str__(self) -> str:
         if self.ok:
             if self.checked == 0:
                 return "empty: no audit entries yet"
-            return f"ok: {self.checked} entries, chain intact (last hash {self.head})"
+            older = f"; the first {self.unkeyed} from before it was keyed" if self.unkeyed else ""
+            return f"ok: {self.checked} entries, chain intact (last hash {self.head}{older})"
         return f"broken at entry {self.bad_seq}: {self.problem} ({self.checked} entries checked)"
 
 
-async def verify(session: AsyncSession, batch: int = 2000) -> Verdict:
+async def verify(session: AsyncSession, vault: Vault, batch: int = 2000) -> Verdict:
     """Walk the chain in order and name the first entry that breaks it: one whose own hash does
     not match its content (edited), a gap in the sequence (removed), or one that does not
     follow the entry before it (reordered, or rewritten along with its hash).
@@ -118,10 +128,11 @@ async def verify(session: AsyncSession, batch: int = 2000) -> Verdict:
         if entry.prev_hash != prev_hash:
             problem = "it does not follow the previous entry (moved, or one of them rewritten)"
             return Verdict(False, checked, entry.seq, problem)
-        if entry_hash(entry) != entry.hash:
+        if entry_hash(entry, vault) != entry.hash:
             return Verdict(False, checked, entry.seq, "its content was changed")
         prev_hash, expected, checked = entry.hash, expected + 1, checked + 1
-    return Verdict(True, checked, head=prev_hash if checked else None)
+    unkeyed = min(checked, vault.audit_keyed_from - 1)
+    return Verdict(True, checked, head=prev_hash if checked else None, unkeyed=unkeyed)
 
 
 async def _entries(session: AsyncSession, batch: int, since: datetime | None = None):

@@ -187,13 +187,16 @@ def query_terms(text: str) -> tuple[list[tuple[str, str]], list[str]]:
     return exact, found
 
 
+def derive_key(key: bytes, purpose: bytes) -> bytes:
+    """A key for one purpose (HKDF-SHA256), so one random key never serves two."""
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=purpose).derive(key)
+
+
 class BlindIndexer:
     """HMAC digests of terms under the index key; one kind's digest never equals another's."""
 
     def __init__(self, index_key: bytes):
-        self._key = HKDF(
-            algorithm=hashes.SHA256(), length=32, salt=None, info=b"crm-bot blind index v1"
-        ).derive(index_key)
+        self._key = derive_key(index_key, b"crm-bot blind index v1")
 
     def digest(self, kind: str, term: str) -> bytes:
         return hmac.digest(self._key, f"{kind}\x00{term}".encode(), "sha256")[:16]

@@ -120,6 +120,21 @@ class Customer(Base):
     __mapper_args__ = {"version_id_col": version}
 
 
+class AuditKey(Base):
+    """The key that seals the audit chain (HMAC), wrapped under a master key: one row. Whoever
+    can write the database but does not hold a master key cannot recompute the chain. Entries
+    before `keyed_from` (written before the key existed) keep their plain SHA-256 hashes; the
+    number is bound into the wrapping, so raising it breaks the key."""
+
+    __tablename__ = "audit_keys"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=False)
+    keyed_from: Mapped[int] = mapped_column(Integer)
+    key_id: Mapped[str] = mapped_column(String(32))
+    wrapped_key: Mapped[bytes] = mapped_column(LargeBinary)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
 class IndexKey(Base):
     """Blind-index keys by generation, wrapped under a master key. Search uses every generation
     present, so a re-index can run while the bot serves."""

@@ -10,8 +10,8 @@ from sqlalchemy import delete, func, select
 
 from .customers import Customers
 from .db import Database
-from .models import BlindIndex, Customer, IndexKey
-from .vault import Vault
+from .models import AuditKey, BlindIndex, Customer, IndexKey
+from .vault import Vault, audit_key_context
 
 Progress = Callable[[int], None]
 
@@ -24,13 +24,19 @@ async def count_to_rewrap(db: Database, vault: Vault) -> int:
 
 
 async def rewrap(db: Database, vault: Vault, batch: int = 500, progress: Progress | None = None):
-    """Re-wrap data keys and index keys under the active master key. Returns how many."""
+    """Re-wrap data keys, index keys and the audit key under the active master key. Returns how
+    many data keys."""
     done = 0
     async with db.transaction() as s:
         for row in (await s.execute(select(IndexKey))).scalars():
             if row.key_id != vault.ring.active_id:
                 key = vault.ring.unwrap(row.key_id, row.wrapped_key, f"index_keys:{row.generation}")
                 row.key_id, row.wrapped_key = vault.ring.wrap(key, f"index_keys:{row.generation}")
+        for row in (await s.execute(select(AuditKey))).scalars():
+            if row.key_id != vault.ring.active_id:
+                context = audit_key_context(row.keyed_from)
+                key = vault.ring.unwrap(row.key_id, row.wrapped_key, context)
+                row.key_id, row.wrapped_key = vault.ring.wrap(key, context)
     while True:
         async with db.transaction() as s:
             stmt = (

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -13,10 +13,19 @@ from .crypto import (
     CryptoError,
     KeyRing,
     decrypt_field,
+    derive_key,
     encrypt_field,
     new_data_key,
 )
-from .models import Customer, IndexKey
+from .models import AuditEntry, AuditKey, Customer, IndexKey
+
+AUDIT_KEY_ROW = 1
+
+
+def audit_key_context(keyed_from: int) -> str:
+    """What the audit key's wrapping is bound to: raising `keyed_from` (to pass rewritten
+    entries off as from before the chain was keyed) makes the key unreadable."""
+    return f"audit_keys:{AUDIT_KEY_ROW}:{keyed_from}"
 
 
 class ErasedError(CryptoError):
@@ -27,6 +36,8 @@ class Vault:
     def __init__(self, ring: KeyRing):
         self.ring = ring
         self.indexers: dict[int, BlindIndexer] = {}
+        self.audit_key: bytes | None = None  # HMAC key of the audit chain
+        self.audit_keyed_from = 1  # the first entry sealed with it
 
     @property
     def active_generation(self) -> int:
@@ -47,6 +58,27 @@ class Vault:
             )
             for row in rows
         }
+        await self._load_audit_key(session)
+
+    async def _load_audit_key(self, session: AsyncSession) -> None:
+        """The audit chain's key, made when first needed: entries already in the log (from
+        before it existed) keep their plain hashes."""
+        row = await session.get(AuditKey, AUDIT_KEY_ROW)
+        if row is None:
+            last = (await session.execute(select(func.max(AuditEntry.seq)))).scalar()
+            keyed_from = (last or 0) + 1
+            key_id, wrapped = self.ring.wrap(new_data_key(), audit_key_context(keyed_from))
+            row = AuditKey(
+                id=AUDIT_KEY_ROW, keyed_from=keyed_from, key_id=key_id, wrapped_key=wrapped
+            )
+            try:
+                async with session.begin_nested():
+                    session.add(row)
+            except IntegrityError:  # another process made it first
+                row = await session.get(AuditKey, AUDIT_KEY_ROW)
+        key = self.ring.unwrap(row.key_id, row.wrapped_key, audit_key_context(row.keyed_from))
+        self.audit_key = derive_key(key, b"crm-bot audit chain v1")
+        self.audit_keyed_from = row.keyed_from
 
     async def add_index_key(self, session: AsyncSession, generation: int) -> IndexKey:
         key = new_data_key()

@@ -141,7 +141,7 @@ async def test_request_then_approve(bot):
     assert approved["data"]["actor"] == FRANK and approved["data"]["status"] == "approved"
     assert await audit_actions(bot) == ["approval.requested", "approval.approved"]
     async with bot.deps.db.transaction() as session:
-        assert (await audit.verify(session)).ok
+        assert (await audit.verify(session, bot.deps.vault)).ok
 
 
 async def test_request_then_reject_with_reason(bot):

@@ -14,8 +14,10 @@ import pytest
 from sqlalchemy import text, update
 
 from storage import audit
+from storage.crypto import CryptoError, KeyRing
 from storage.customers import Customers
 from storage.models import utcnow
+from storage.vault import Vault
 
 from .fixtures.db import KEY_LINE
 
@@ -47,9 +49,9 @@ async def chain(db, vault):
     return db
 
 
-async def verdict(db) -> audit.Verdict:
+async def verdict(db, vault) -> audit.Verdict:
     async with db.transaction() as session:
-        return await audit.verify(session)
+        return await audit.verify(session, vault)
 
 
 async def sql(db, *statements: str) -> None:
@@ -58,14 +60,14 @@ async def sql(db, *statements: str) -> None:
             await conn.execute(text(statement))
 
 
-async def test_clean_log_verifies(chain):
-    result = await verdict(chain)
+async def test_clean_log_verifies(chain, vault):
+    result = await verdict(chain, vault)
     assert result.ok and result.checked == ENTRIES and result.bad_seq is None
     assert str(result).startswith(f"ok: {ENTRIES} entries, chain intact")
 
 
-async def test_empty_log_verifies(db):
-    result = await verdict(db)
+async def test_empty_log_verifies(db, vault):
+    result = await verdict(db, vault)
     assert result.ok and str(result) == "empty: no audit entries yet"
 
 
@@ -81,44 +83,97 @@ async def test_empty_log_verifies(db):
         ("DELETE FROM audit_log WHERE seq = 1", 1, "entry 1 is missing"),
     ],
 )
-async def test_tampering_is_named(chain, tamper, bad, problem):
+async def test_tampering_is_named(chain, vault, tamper, bad, problem):
     await sql(chain, tamper)
-    result = await verdict(chain)
+    result = await verdict(chain, vault)
     assert not result.ok and result.bad_seq == bad and problem in result.problem
     assert str(result).startswith(f"broken at entry {bad}:")
 
 
-async def test_changed_data_and_details_are_named(chain):
+async def test_changed_data_and_details_are_named(chain, vault):
     async with chain.transaction() as session:
         entry = await session.get(audit.AuditEntry, 3)
         entry.data = {**entry.data, "amount": "99999.00"}
-    assert (await verdict(chain)).bad_seq == 3
+    assert (await verdict(chain, vault)).bad_seq == 3
     await sql(chain, "DELETE FROM audit_log WHERE seq > 2")
-    assert (await verdict(chain)).ok
+    assert (await verdict(chain, vault)).ok
     async with chain.transaction() as session:
         entry = await session.get(audit.AuditEntry, 1)
         entry.details_ct = entry.details_ct[:-1] + bytes([entry.details_ct[-1] ^ 1])
-    assert (await verdict(chain)).bad_seq == 1
+    assert (await verdict(chain, vault)).bad_seq == 1
 
 
-async def test_swapped_rows_are_named(chain):
+async def test_swapped_rows_are_named(chain, vault):
     await sql(
         chain,
         "UPDATE audit_log SET seq = -2 WHERE seq = 2",
         "UPDATE audit_log SET seq = 2 WHERE seq = 4",
         "UPDATE audit_log SET seq = 4 WHERE seq = -2",
     )
-    result = await verdict(chain)
+    result = await verdict(chain, vault)
     assert not result.ok and result.bad_seq == 2 and "does not follow" in result.problem
 
 
-async def test_rewritten_entry_with_its_hash_recomputed_breaks_the_next_link(chain):
+async def test_rewritten_entry_with_its_hash_recomputed_breaks_the_next_link(chain, vault):
     async with chain.transaction() as session:
         entry = await session.get(audit.AuditEntry, 2)
         entry.actor = "U0MALLORY"
-        entry.hash = audit.entry_hash(entry)
-    result = await verdict(chain)
+        entry.hash = audit.entry_hash(entry, vault)
+    result = await verdict(chain, vault)
     assert not result.ok and result.bad_seq == 3 and "does not follow" in result.problem
+
+
+async def test_a_tail_rewritten_without_the_master_key_is_named(chain, vault):
+    """Someone who can write the database but holds no master key rewrites entries 3..5 and
+    recomputes every hash after them the only way open to them (plain SHA-256): the chain is
+    keyed, so the first rewritten entry is named."""
+    plain = Vault(KeyRing.parse(KEY_LINE))
+    plain.audit_keyed_from = 10**9  # hashes as the unkeyed first version made them
+    async with chain.transaction() as session:
+        prev = (await session.get(audit.AuditEntry, 2)).hash
+        for seq in (3, 4, 5):
+            entry = await session.get(audit.AuditEntry, seq)
+            entry.actor, entry.prev_hash = "U0MALLORY", prev
+            entry.hash = prev = audit.entry_hash(entry, plain)
+    result = await verdict(chain, vault)
+    assert not result.ok and result.bad_seq == 3 and "content was changed" in result.problem
+
+
+async def test_entries_from_before_the_key_keep_plain_hashes_and_the_cutover_is_bound(db, ring):
+    """A database whose log was written before the chain was keyed: those entries still verify
+    (as plain hashes), new ones are keyed, and moving the cut-over breaks the key itself."""
+    old = Vault(ring)
+    async with db.transaction() as session:
+        await old.load(session)
+        await session.execute(text("DELETE FROM audit_keys"))
+    old.audit_keyed_from = 10**9  # the first version: plain SHA-256
+    await _append(db, old, 2)
+    new = Vault(ring)
+    async with db.transaction() as session:
+        await new.load(session)
+    assert new.audit_keyed_from == 3
+    await _append(db, new, 2)
+    result = await verdict(db, new)
+    assert result.ok and result.checked == 4 and result.unkeyed == 2
+    assert "the first 2 from before it was keyed" in str(result)
+    await sql(db, "UPDATE audit_keys SET keyed_from = 5")
+    with pytest.raises(CryptoError):
+        async with db.transaction() as session:
+            await Vault(ring).load(session)
+
+
+async def _append(db, vault: Vault, n: int) -> None:
+    for i in range(n):
+        async with db.transaction() as session:
+            await audit.append(
+                session,
+                actor="U0GRACE01",
+                action="department.channel_linked",
+                entity_type="department",
+                entity_id=f"d-{i}",
+                data={"i": i},
+                vault=vault,
+            )
 
 
 async def test_export_decrypts_details_and_filters_by_time(chain, vault):

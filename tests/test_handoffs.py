@@ -201,7 +201,7 @@ async def test_sales_to_finance_whole_path(bot):
         "handoff.completed",
     ]
     async with bot.deps.db.transaction() as session:
-        assert (await audit.verify(session)).ok
+        assert (await audit.verify(session, bot.deps.vault)).ok
 
 
 async def test_decline_asks_for_a_reason(bot):

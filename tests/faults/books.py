@@ -21,8 +21,11 @@ from sqlalchemy import text
 from bot.broker import dlq_list
 from bot.sandbox import Sandbox
 from storage import audit
+from storage.crypto import KeyRing
 from storage.db import Database
+from storage.vault import Vault
 from tests.fixtures.bot import FINANCE, GENERAL, MARKETING, SALES, SERVICE
+from tests.fixtures.db import KEY_LINE
 
 from .stream import EventStream, tokens_in
 
@@ -148,9 +151,7 @@ def count_posts(sandbox: Sandbox) -> tuple[Counter, dict[tuple[str, str], list[s
     return posts, where
 
 
-async def check_books(
-    db_url: str, amqp_url: str, stream: EventStream, sandbox: Sandbox, vault=None
-) -> Books:
+async def check_books(db_url: str, amqp_url: str, stream: EventStream, sandbox: Sandbox) -> Books:
     books = Books(published=len(stream.published))
     db = Database(db_url)
     try:
@@ -191,8 +192,10 @@ async def check_books(
         books.double_messages = len(extra)
         await _check_handoffs(db, sandbox, books)
         await _check_approvals(db, sandbox, books)
+        vault = Vault(KeyRing.parse(KEY_LINE))  # the bots' key: the audit chain is keyed
         async with db.transaction() as session:
-            verdict = await audit.verify(session)
+            await vault.load(session)
+            verdict = await audit.verify(session, vault)
         books.audit_ok, books.audit_text = verdict.ok, str(verdict)
     finally:
         await db.close()
