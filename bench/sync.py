@@ -447,26 +447,26 @@ async def main(args: argparse.Namespace) -> None:
         t = await naive(url, api_url, naive_n)
         rows.append(["naive (pika + WebClient per event)", naive_n, t, naive_n / t, "-", naive_n])
         print(rows[-1], flush=True)
-        ours = []
+        ours: list[tuple[str, dict]] = []  # (which crm-bot run, its result)
 
-        def add_row(label: str, r: dict) -> None:
+        def add_row(name: str, r: dict) -> None:
+            ours.append((name, r))
             applied = f"{r['applied_at']:.1f}" if r["applied_at"] is not None else "-"
-            row = [label, r["done"], r["elapsed"], r["done"] / r["elapsed"], applied, r["posted"]]
-            rows.append(row)
-            print(row, flush=True)
+            rate = r["done"] / r["elapsed"]
+            row = [f"crm-bot end to end ({name})", r["done"], r["elapsed"], rate, applied]
+            rows.append([*row, r["posted"]])
+            print(rows[-1], flush=True)
 
         for db in args.db:
             async with throwaway_database(db, tmp) as db_url:
                 r = await crm_bot(url, api_url, db_url, n, args.customers, args.prefetch, 900)
-            ours.append((db, r))
-            add_row(f"crm-bot end to end ({db})", r)
+            add_row(db, r)
         if args.replicas > 1 and "postgresql" in args.db:
             async with throwaway_database("postgresql", tmp) as db_url:
                 r = await crm_bot_replicas(
                     url, api_url, db_url, n, args.customers, args.prefetch, 900, args.replicas
                 )
-            ours.append((f"{args.replicas} replicas", {"rss_before": 0, "rss_peak": 0}))
-            add_row(f"crm-bot end to end ({args.replicas} replicas, postgresql)", r)
+            add_row(f"{args.replicas} replicas, postgresql", r)
         rate = await paced(api_url)
         rows.append(["SlackOut paced 10/s/channel (1 channel)", 30, 30 / rate, rate, "-", 30])
         ceiling, naive_rate = rows[0][3], rows[1][3]
@@ -478,11 +478,14 @@ async def main(args: argparse.Namespace) -> None:
             )
         )
         print()
-        for (db, r), row in zip(ours, rows[2:], strict=False):
-            memory = f"; RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB"
+        for name, r in ours:
+            rate = r["done"] / r["elapsed"]
+            memory = ""
+            if "rss_peak" in r:  # measured in this process (not for the replicas)
+                memory = f"; RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB"
             print(
-                f"crm-bot ({db}): {row[3] / ceiling:.1%} of the bare ceiling, "
-                f"{row[3] / naive_rate:.2f}x the naive consumer" + (memory if r["rss_peak"] else "")
+                f"crm-bot ({name}): {rate / ceiling:.1%} of the bare ceiling, "
+                f"{rate / naive_rate:.2f}x the naive consumer{memory}"
             )
 
 

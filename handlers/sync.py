@@ -60,7 +60,7 @@ from storage.customers import Customers
 from storage.departments import all_departments
 
 from . import alerts
-from .sync_delivery import Delivery
+from .sync_delivery import Delivery, settle
 
 if TYPE_CHECKING:
     from storage.models import Customer
@@ -237,7 +237,7 @@ class Sync:
             try:
                 results = await self._apply_batch([e for e, _ in batch])
             except asyncio.CancelledError:
-                _fail([f for _, f in batch], RuntimeError("stopped while applying"))
+                settle([f for _, f in batch], RuntimeError("stopped while applying"))
                 raise
             except Exception:
                 # Something failed the whole transaction (the database, or one event): apply
@@ -249,12 +249,7 @@ class Sync:
                     except Exception as exc:
                         results.append(exc)
             for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, BaseException):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+                settle([future], result)
 
     async def _apply_batch(self, events: list[dict[str, Any]]) -> list[Applied | Exception]:
         results: list[Applied | Exception] = []
@@ -385,13 +380,6 @@ class _Batch:
     writes: ledger.Writes
     with_cards: set[uuid.UUID]  # the batch's customers that have shared cards
     channels: dict[str, str] | None = None  # department -> channel, loaded when first needed
-
-
-def _fail(futures, error: Exception) -> None:
-    """Nobody waits forever: the callers get an error (and the broker retries)."""
-    for future in futures:
-        if not future.done():
-            future.set_exception(error)
 
 
 def parse_time_or(text: str | None, default: datetime) -> datetime:

@@ -133,23 +133,15 @@ class Delivery:
             try:
                 failures = await self._deliver_batch(ids)
             except asyncio.CancelledError:
-                for future in itertools.chain.from_iterable(futures.values()):
-                    if not future.done():
-                        future.set_exception(RuntimeError("stopped while delivering"))
+                stopped = RuntimeError("stopped while delivering")
+                settle(itertools.chain.from_iterable(futures.values()), stopped)
                 raise
             except Exception as exc:  # the database: every caller retries
                 failures = dict.fromkeys(ids, exc)
             finally:
                 self._round = set()
             for cid, waiting in futures.items():
-                for future in waiting:
-                    if future.done():
-                        continue
-                    failure = failures.get(cid)
-                    if failure is None:
-                        future.set_result(None)
-                    else:
-                        future.set_exception(failure)
+                settle(waiting, failures.get(cid))
 
     async def _deliver_batch(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Exception]:
         loaded = await self._load(ids)
@@ -213,12 +205,12 @@ class Delivery:
             except Exception as exc:
                 self._unconfirmed.settled += done.settled
                 self._unconfirmed.threads += done.threads
-                _settle(waiting, exc)
+                settle(waiting, exc)
             except BaseException as exc:  # cancelled: the posters must not wait forever
-                _settle(waiting, RuntimeError("stopped while recording"))
+                settle(waiting, RuntimeError("stopped while recording"))
                 raise exc
             else:
-                _settle(waiting, None)
+                settle(waiting, None)
 
     async def _confirm(self, session) -> None:
         for customer_id, channel, ts in self._unconfirmed.threads:
@@ -336,11 +328,13 @@ class Delivery:
                 log.warning("shared card %s not updated: %s", card.id, exc.kind)
 
 
-def _settle(futures: list[asyncio.Future[None]], error: Exception | None) -> None:
+def settle(futures, outcome: object) -> None:
+    """Give every caller still waiting the outcome: raised when it is an exception, returned
+    otherwise. Nobody waits forever."""
     for future in futures:
         if future.done():
             continue
-        if error is None:
-            future.set_result(None)
+        if isinstance(outcome, BaseException):
+            future.set_exception(outcome)
         else:
-            future.set_exception(error)
+            future.set_result(outcome)

@@ -260,9 +260,9 @@ class Customers:
     async def write_index(self) -> None:
         """Write the deferred blind-index rows: the session is flushed (so the customers
         exist), then one DELETE of the replaced rows and one bulk insert."""
-        deferred, self._deferred = self._deferred or {}, {}
-        if not deferred:
+        if not self._deferred:
             return
+        deferred, self._deferred = self._deferred, {}
         await self.session.flush()
         replaced = [cid for cid, (new, _) in deferred.items() if not new]
         if replaced:

@@ -125,7 +125,6 @@ class Writes:
         ):
             if rows:
                 await session.execute(insert(model.__table__), rows)
-        self.processed, self.timeline, self.alerts = [], [], []
 
 
 # --- alert ledger -----------------------------------------------------------------------------
