@@ -257,7 +257,7 @@ class Sync:
             # One query each for what the batch needs to know first (processed ids, its
             # customers, locked, and which of them have shared cards), not a few per event.
             done = await ledger.processed_among(session, [e["id"] for e in events])
-            customers = Customers(session, self.deps.vault, defer_index=True)
+            customers = Customers(session, self.deps.vault, batch=True)
             await customers.preload([e["customer"]["external_id"] for e in events])
             with_cards = await shared_cards.customers_with_cards(
                 session, [c.id for c in customers.preloaded()]
@@ -271,7 +271,7 @@ class Sync:
                         results.append(await self._apply_one(batch, event, event["id"] in done))
                     except (InvalidEvent, UnknownCustomer) as exc:
                         results.append(exc)
-            await customers.write_index()
+            await customers.write_batch()
             await batch.writes.write(session)
         return results
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, delete, func, select
+from sqlalchemy import bindparam, case, delete, func, inspect, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .blind_index import index_rows, insert_index_rows
@@ -24,6 +24,12 @@ PERSONAL_SET = frozenset(PERSONAL)
 PLAIN = ("tier", "lifecycle_stage", "owner_department", "owner_slack_user", "annual_value")
 FIELDS = PERSONAL + PLAIN
 INDEXED = ("name", "email", "phone", "company")
+# What a write may change in a customer row (a batch writes these for each changed customer).
+MUTABLE = tuple(
+    c.name
+    for c in Customer.__table__.columns
+    if c.name not in ("id", "external_id", "created_at", "version")
+)
 
 
 class StaleEdit(Exception):
@@ -79,15 +85,16 @@ def clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
 
 
 class Customers:
-    def __init__(self, session: AsyncSession, vault: Vault, *, defer_index: bool = False):
-        """With `defer_index`, blind-index rows are kept until `write_index` (a batch of sync
-        events writes them all at once); the caller must call it before committing."""
+    def __init__(self, session: AsyncSession, vault: Vault, *, batch: bool = False):
+        """With `batch`, the changed customers and their blind-index rows are kept until
+        `write_batch` (a batch of sync events writes them all at once); the caller must call
+        it before committing."""
         self.session = session
         self.vault = vault
         self._locked: dict[str, Customer | None] = {}  # by external id, locked by `preload`
         # customer id -> (had no rows before, its rows), when deferring
         self._deferred: dict[uuid.UUID, tuple[bool, list[dict]]] | None = (
-            {} if defer_index else None
+            {} if batch else None
         )
 
     # --- reading ---
@@ -257,11 +264,13 @@ class Customers:
         if rows:
             await insert_index_rows(self.session, rows)
 
-    async def write_index(self) -> None:
-        """Write the deferred blind-index rows: the session is flushed (so the customers
-        exist), then one DELETE of the replaced rows and one bulk insert."""
-        if not self._deferred:
+    async def write_batch(self) -> None:
+        """Write the batch: its changed customers (one executemany), its new ones (the
+        session's flush), then one DELETE of the replaced blind-index rows and one bulk
+        insert of the new ones."""
+        if self._deferred is None:
             return
+        await self._write_changed()
         deferred, self._deferred = self._deferred, {}
         await self.session.flush()
         replaced = [cid for cid, (new, _) in deferred.items() if not new]
@@ -272,6 +281,41 @@ class Customers:
         rows = [row for _, rows in deferred.values() for row in rows]
         if rows:
             await insert_index_rows(self.session, rows)
+
+    async def _write_changed(self) -> None:
+        """The ORM sends one UPDATE per customer (its version check needs each row's count);
+        a batch's customers were locked by `preload`, so their versions cannot have moved,
+        and one executemany writes them all, each version bumped as the ORM would. They
+        leave the session then, so its flush does not write them again."""
+        dirty = self.session.dirty
+        changed = [
+            c
+            for c in self._locked.values()
+            if c is not None
+            and c in dirty
+            and inspect(c).persistent
+            and self.session.is_modified(c)
+        ]
+        if not changed:
+            return
+        table = Customer.__table__
+        stmt = (
+            update(table)
+            .where(table.c.id == bindparam("b_id"))
+            .values(
+                {
+                    **{name: bindparam(f"v_{name}") for name in MUTABLE},
+                    "version": table.c.version + 1,
+                }
+            )
+        )
+        params = [
+            {"b_id": c.id, **{f"v_{name}": getattr(c, name) for name in MUTABLE}} for c in changed
+        ]
+        with self.session.no_autoflush:
+            await self.session.execute(stmt, params)
+        for customer in changed:
+            self.session.expunge(customer)
 
     async def upsert(
         self,

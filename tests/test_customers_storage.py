@@ -158,6 +158,43 @@ async def test_edit_with_stale_version_is_refused(db, vault):
         assert Customers(s, vault).read(await Customers(s, vault).get(cid)).notes == "first"
 
 
+async def test_a_batch_writes_its_changes_and_bumps_versions(db, vault):
+    """A batch (the sync consumer's) writes its changed customers itself, not through the
+    ORM: each change lands, each version moves on as the ORM's would, so a Slack edit made
+    from the old version is still refused; a customer the batch did not change keeps its."""
+    await seed(db, vault)
+    async with db.transaction() as s:
+        before = {c.external_id: c.version for c in (await s.execute(select(Customer))).scalars()}
+    later = T0 + timedelta(hours=1)
+    async with db.transaction() as s:
+        repo = Customers(s, vault, batch=True)
+        await repo.preload(["C-100", "C-101", "C-102", "C-105"])
+        await repo.upsert("C-100", {"tier": "smb"}, source="crm", occurred_at=later)
+        await repo.upsert("C-101", {"name": "Alan Mathison Turing"}, source="crm", occurred_at=later)
+        await repo.upsert(
+            "C-102", {"tier": "strategic"}, source="crm", occurred_at=T0 - timedelta(1)
+        )
+        await repo.upsert("C-105", {"name": "New Person"}, source="crm", occurred_at=later)
+        await repo.write_batch()
+    async with db.transaction() as s:
+        rows = {c.external_id: c for c in (await s.execute(select(Customer))).scalars()}
+        repo = Customers(s, vault)
+        assert repo.read(rows["C-100"]).tier == "smb"
+        assert repo.read(rows["C-101"]).name == "Alan Mathison Turing"
+        assert repo.read(rows["C-102"]).tier == "smb"  # the stale change was not applied
+        assert rows["C-102"].version == before["C-102"]  # ... and wrote nothing
+        assert rows["C-100"].source_clock["crm"] == later.isoformat()
+        assert rows["C-100"].version == before["C-100"] + 1
+        assert rows["C-101"].version == before["C-101"] + 1
+        assert repo.read(rows["C-105"]).name == "New Person"
+    assert await search(db, vault, "mathison") == ["C-101"]
+    with pytest.raises(StaleEdit):
+        async with db.transaction() as s:
+            await Customers(s, vault).edit(
+                rows["C-101"].id, {"notes": "x"}, expected_version=before["C-101"]
+            )
+
+
 async def test_erasure_shreds_every_ciphertext(db, vault):
     await seed(db, vault)
     async with db.transaction() as s:
