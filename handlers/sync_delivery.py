@@ -39,6 +39,7 @@ import logging
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from sqlalchemy import select
@@ -49,7 +50,7 @@ from bot.blocks.customers import redacted_card
 from bot.slack_out import SlackError
 from storage import shared_cards
 from storage import sync_ledger as ledger
-from storage.customers import CustomerRecord, Customers
+from storage.customers import CustomerRecord, read_record
 from storage.models import Customer, CustomerThread
 
 from . import alerts
@@ -148,16 +149,16 @@ class Delivery:
         now = self.deps.clock()
         failures: dict[uuid.UUID, Exception] = {}
 
-        async def one(record: CustomerRecord, channel: str, thread_ts, items) -> None:
+        async def one(about: _About, channel: str, thread_ts, items) -> None:
             try:
-                await self._post(record, channel, thread_ts, items)
+                await self._post(about, channel, thread_ts, items)
             except SlackError as exc:
                 if exc.transient:
-                    failures.setdefault(record.id, exc)
+                    failures.setdefault(about.id, exc)
                     return
                 log.warning(
                     "alerts for customer %s in %s failed for good: %s",
-                    record.id,
+                    about.id,
                     channel,
                     exc.kind,
                 )
@@ -167,10 +168,10 @@ class Delivery:
         # Every (customer, channel) of the round posts at once, each in order; the round holds
         # at most MAX_BATCH customers. Coalesced alerts wait for the flush job (window passed).
         posting = [
-            one(record, channel, threads.get(channel), items)
-            for record, by_channel, threads in loaded
+            one(about, channel, threads.get(channel), items)
+            for about, by_channel, threads in loaded
             for channel, items in by_channel.items()
-            if alerts.is_due(self.recent.get((record.id, channel)), now, self.window)
+            if alerts.is_due(self.recent.get((about.id, channel)), now, self.window)
         ]
         # Every post ends before the round does (the next round may post for them).
         results = await asyncio.gather(*posting, return_exceptions=True)
@@ -219,7 +220,7 @@ class Delivery:
         await ledger.settle_many(session, self._unconfirmed.settled)
 
     async def _load(self, ids: list[uuid.UUID]):
-        """[(record, pending alerts per channel, thread ts per channel)] for customers with
+        """[(customer, pending alerts per channel, thread ts per channel)] for customers with
         something to post. An erased (or vanished) customer's alerts are dropped."""
         confirming = bool(self._unconfirmed.settled or self._unconfirmed.threads)
         async with self.deps.db.transaction() as session:
@@ -238,8 +239,7 @@ class Delivery:
                 ).scalars()
             }
             threads = await ledger.threads_of_many(session, list(wanted))
-            repo = Customers(session, self.deps.vault)
-            out: dict[uuid.UUID, tuple[CustomerRecord, dict, dict]] = {}
+            out: dict[uuid.UUID, tuple[_About, dict, dict]] = {}
             dropped = []
             for row in rows:
                 customer = customers.get(row.customer_id)
@@ -248,7 +248,7 @@ class Delivery:
                     continue
                 if customer.id not in out:
                     mine = {ch: ts for (cid, ch), ts in threads.items() if cid == customer.id}
-                    out[customer.id] = (repo.read(customer), {}, mine)
+                    out[customer.id] = (_About(customer, self.deps.vault), {}, mine)
                 line = ledger.open_line(self.deps.vault, customer, row) or row.event_id
                 out[customer.id][1].setdefault(row.channel_id, []).append(
                     alerts.Pending(
@@ -262,7 +262,7 @@ class Delivery:
 
     async def _post(
         self,
-        record: CustomerRecord,
+        about: _About,
         channel: str,
         thread_ts: str | None,
         items: list[alerts.Pending],
@@ -271,13 +271,13 @@ class Delivery:
         for batch in alerts.batches(items, coalesce=self.window > 0):
             lines = [p.line for p in batch.items]
             if batch.placement == alerts.TOP_LEVEL:
-                text, blocks = alert_message(lines, customer=record)
+                text, blocks = alert_message(lines, customer=about.record)
                 posted = await slack.post(channel, text, blocks)
             else:
                 if thread_ts is None:
-                    text, blocks = thread_header(record)
+                    text, blocks = thread_header(about.record)
                     thread_ts = (await slack.post(channel, text, blocks))["ts"]
-                    await self._record(_Done(threads=[(record.id, channel, thread_ts)]))
+                    await self._record(_Done(threads=[(about.id, channel, thread_ts)]))
                 text, blocks = alert_message(lines)
                 posted = await slack.post(
                     channel, text, blocks, thread_ts=thread_ts, reply_broadcast=batch.broadcast
@@ -285,7 +285,7 @@ class Delivery:
             metrics.alerts_posted_total.inc(len(batch.items))
             settled = [(key, ledger.POSTED, posted["ts"], None) for key in batch.keys]
             await self._record(_Done(settled=settled))
-            self.recent[(record.id, channel)] = self.deps.clock()
+            self.recent[(about.id, channel)] = self.deps.clock()
 
     async def flush(self) -> None:
         """The job: post every customer's pending alerts that are due."""
@@ -317,7 +317,7 @@ class Delivery:
             customer = await session.get(Customer, customer_id)
             if not cards or customer is None:
                 return
-            record = Customers(session, self.deps.vault).read(customer)
+            record = read_record(self.deps.vault, customer)
         text, blocks = redacted_card(record)
         for card in cards:
             try:
@@ -326,6 +326,20 @@ class Delivery:
                 if exc.transient:
                     raise
                 log.warning("shared card %s not updated: %s", card.id, exc.kind)
+
+
+class _About:
+    """The customer a post is about, decrypted only when a message shows them (a thread
+    header, a top-level alert): most alerts are replies in a thread that exists."""
+
+    def __init__(self, customer: Customer, vault) -> None:
+        self.id = customer.id
+        self._customer = customer
+        self._vault = vault
+
+    @cached_property
+    def record(self) -> CustomerRecord:
+        return read_record(self._vault, self._customer)
 
 
 def settle(futures, outcome: object) -> None:

@@ -24,12 +24,6 @@ PERSONAL_SET = frozenset(PERSONAL)
 PLAIN = ("tier", "lifecycle_stage", "owner_department", "owner_slack_user", "annual_value")
 FIELDS = PERSONAL + PLAIN
 INDEXED = ("name", "email", "phone", "company")
-# What a write may change in a customer row (a batch writes these for each changed customer).
-MUTABLE = tuple(
-    c.name
-    for c in Customer.__table__.columns
-    if c.name not in ("id", "external_id", "created_at", "version")
-)
 
 
 class StaleEdit(Exception):
@@ -84,6 +78,24 @@ def clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def read_record(vault: Vault, customer: Customer) -> CustomerRecord:
+    """The customer decrypted (an erased one: no personal field)."""
+    record = CustomerRecord(
+        id=customer.id,
+        external_id=customer.external_id,
+        version=customer.version,
+        updated_at=customer.updated_at,
+        erased=customer.erased_at is not None,
+        **{k: getattr(customer, k) for k in PLAIN},
+    )
+    if not record.erased:
+        key = vault.key_of(customer)
+        for name in PERSONAL:
+            blob = getattr(customer, f"{name}_ct")
+            setattr(record, name, decrypt_field(key, "customers", name, customer.id, blob))
+    return record
+
+
 class Customers:
     def __init__(self, session: AsyncSession, vault: Vault, *, batch: bool = False):
         """With `batch`, the changed customers and their blind-index rows are kept until
@@ -92,10 +104,9 @@ class Customers:
         self.session = session
         self.vault = vault
         self._locked: dict[str, Customer | None] = {}  # by external id, locked by `preload`
+        self._changed: dict[uuid.UUID, Customer] = {}  # existing customers a batch changed
         # customer id -> (had no rows before, its rows), when deferring
-        self._deferred: dict[uuid.UUID, tuple[bool, list[dict]]] | None = (
-            {} if batch else None
-        )
+        self._deferred: dict[uuid.UUID, tuple[bool, list[dict]]] | None = {} if batch else None
 
     # --- reading ---
 
@@ -145,20 +156,7 @@ class Customers:
         return customer
 
     def read(self, customer: Customer) -> CustomerRecord:
-        record = CustomerRecord(
-            id=customer.id,
-            external_id=customer.external_id,
-            version=customer.version,
-            updated_at=customer.updated_at,
-            erased=customer.erased_at is not None,
-            **{k: getattr(customer, k) for k in PLAIN},
-        )
-        if not record.erased:
-            key = self.vault.key_of(customer)
-            for name in PERSONAL:
-                blob = getattr(customer, f"{name}_ct")
-                setattr(record, name, decrypt_field(key, "customers", name, customer.id, blob))
-        return record
+        return read_record(self.vault, customer)
 
     async def search(self, text: str, limit: int = 10) -> list[CustomerRecord]:
         """Exact email/phone/external id matches first, then customers matching every word of
@@ -284,37 +282,32 @@ class Customers:
 
     async def _write_changed(self) -> None:
         """The ORM sends one UPDATE per customer (its version check needs each row's count);
-        a batch's customers were locked by `preload`, so their versions cannot have moved,
-        and one executemany writes them all, each version bumped as the ORM would. They
-        leave the session then, so its flush does not write them again."""
-        dirty = self.session.dirty
-        changed = [
-            c
-            for c in self._locked.values()
-            if c is not None
-            and c in dirty
-            and inspect(c).persistent
-            and self.session.is_modified(c)
-        ]
-        if not changed:
-            return
+        a batch's customers are locked (`preload`, or `upsert` itself), so their versions
+        cannot have moved, and one executemany per set of changed columns writes them all,
+        each version bumped as the ORM's would be. They leave the session then, so its flush
+        does not write them again."""
         table = Customer.__table__
-        stmt = (
-            update(table)
-            .where(table.c.id == bindparam("b_id"))
-            .values(
-                {
-                    **{name: bindparam(f"v_{name}") for name in MUTABLE},
-                    "version": table.c.version + 1,
-                }
-            )
-        )
-        params = [
-            {"b_id": c.id, **{f"v_{name}": getattr(c, name) for name in MUTABLE}} for c in changed
-        ]
+        by_columns: dict[tuple[str, ...], list[dict[str, Any]]] = {}
+        written = []
+        for customer in self._changed.values():
+            # what changed since the last flush (an erasure in the batch flushes by itself)
+            names = tuple(sorted(inspect(customer).committed_state))
+            if not names:
+                continue
+            params = {"b_id": customer.id, **{f"v_{n}": getattr(customer, n) for n in names}}
+            by_columns.setdefault(names, []).append(params)
+            written.append(customer)
+        self._changed = {}
         with self.session.no_autoflush:
-            await self.session.execute(stmt, params)
-        for customer in changed:
+            for names, params in by_columns.items():
+                values = {n: bindparam(f"v_{n}") for n in names}
+                stmt = (
+                    update(table)
+                    .where(table.c.id == bindparam("b_id"))
+                    .values({**values, "version": table.c.version + 1})
+                )
+                await self.session.execute(stmt, params)
+        for customer in written:
             self.session.expunge(customer)
 
     async def upsert(
@@ -355,11 +348,14 @@ class Customers:
             key = self.vault.key_of(customer) if PERSONAL_SET & changes.keys() else b""
             changed = {k for k, v in changes.items() if self._current(customer, key, k) != v}
         self._encrypt_into(customer, key, {k: changes[k] for k in changed})
-        customer.source_clock = {**(customer.source_clock or {}), source: stamp}
+        if last != stamp:
+            customer.source_clock = {**(customer.source_clock or {}), source: stamp}
         if changed:
             customer.updated_at = utcnow()
         if changed & {*INDEXED} or was_erased:
             await self.reindex(customer)
+        if self._deferred is not None:
+            self._changed[customer.id] = customer
         return UpsertResult(customer, created=False, applied=True, changed=changed)
 
     def _current(self, customer: Customer, key: bytes, name: str) -> Any:

@@ -135,7 +135,7 @@ def line_row_id(event_id: str, channel_id: str) -> str:
     return f"{event_id}/{channel_id}"
 
 
-def open_line(vault: Vault, customer: Customer, row: AlertDelivery) -> str | None:
+def open_line(vault: Vault, customer: Customer, row) -> str | None:
     """The alert's text; None once the customer is erased."""
     rid = line_row_id(row.event_id, row.channel_id)
     return vault.open(customer, "alert_deliveries", "line", rid, row.line_ct)
@@ -170,15 +170,16 @@ async def claim(
     return list((await session.execute(mine)).scalars())
 
 
-async def pending_for_many(
-    session: AsyncSession, customer_ids: Sequence[uuid.UUID]
-) -> list[AlertDelivery]:
+async def pending_for_many(session: AsyncSession, customer_ids: Sequence[uuid.UUID]) -> list:
+    """The pending alert rows of these customers, oldest first (rows, not ORM objects: they
+    are read, never changed through the session)."""
+    table = AlertDelivery.__table__
     stmt = (
-        select(AlertDelivery)
-        .where(AlertDelivery.customer_id.in_(list(customer_ids)), AlertDelivery.status == PENDING)
-        .order_by(AlertDelivery.created_at, AlertDelivery.event_id)
+        select(table)
+        .where(table.c.customer_id.in_(list(customer_ids)), table.c.status == PENDING)
+        .order_by(table.c.created_at, table.c.event_id)
     )
-    return list((await session.execute(stmt)).scalars())
+    return list((await session.execute(stmt)).all())
 
 
 async def threads_of_many(

@@ -170,7 +170,9 @@ async def test_a_batch_writes_its_changes_and_bumps_versions(db, vault):
         repo = Customers(s, vault, batch=True)
         await repo.preload(["C-100", "C-101", "C-102", "C-105"])
         await repo.upsert("C-100", {"tier": "smb"}, source="crm", occurred_at=later)
-        await repo.upsert("C-101", {"name": "Alan Mathison Turing"}, source="crm", occurred_at=later)
+        await repo.upsert(
+            "C-101", {"name": "Alan Mathison Turing"}, source="crm", occurred_at=later
+        )
         await repo.upsert(
             "C-102", {"tier": "strategic"}, source="crm", occurred_at=T0 - timedelta(1)
         )
