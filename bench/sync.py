@@ -400,6 +400,9 @@ async def crm_bot_replicas(
             if process.is_alive():
                 process.terminate()
         await db.close()
+        failed = [p.exitcode for p in processes if p.exitcode]
+        if failed:  # the figure would be that of fewer replicas
+            raise RuntimeError(f"{len(failed)} of {replicas} replicas failed (exit {failed})")
 
 
 async def paced(api_url: str, posts: int = 30) -> float:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from decimal import Decimal
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Department, DepartmentMember
@@ -22,8 +22,16 @@ class DepartmentView:
     leads: frozenset[str]
 
 
+# PostgreSQL advisory lock taken while the tables are made to match the config.
+CONFIG_LOCK = 0x63726D_6465707473  # "crm" "depts"
+
+
 async def sync_from_config(session: AsyncSession, departments) -> None:
-    """Make the table match the config; a channel linked with `/crm dept link` is kept."""
+    """Make the table match the config; a channel linked with `/crm dept link` is kept.
+    Replicas starting together take turns (on SQLite, BEGIN IMMEDIATE does that already),
+    so none inserts a row another is inserting at that moment."""
+    if session.bind.dialect.name == "postgresql":
+        await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CONFIG_LOCK})
     existing = {d.key: d for d in (await session.execute(select(Department))).scalars()}
     for key, dept in departments.items():
         row = existing.get(key)
