@@ -1,9 +1,10 @@
-"""Departments kept in the shared database, as several replicas start at once."""
+"""What each replica sets up in the shared database at start-up, as several start at once."""
 
 import asyncio
 
 from bot.config import parse_config
 from storage.departments import all_departments, sync_from_config
+from storage.vault import Vault
 from tests.fixtures.bot import TEST_CONFIG
 
 
@@ -23,3 +24,18 @@ async def test_replicas_starting_together_all_load_the_departments(db):
     for key, dept in config.departments.items():
         assert found[key].channel_id == dept.channel
         assert found[key].members == frozenset([*dept.members, *dept.leads])
+
+
+async def test_replicas_starting_together_share_one_set_of_keys(db, ring):
+    """The first start on a new database makes the blind-index and audit keys; replicas
+    making them at the same moment all start, and all end up with the same keys."""
+    vaults = [Vault(ring) for _ in range(4)]
+
+    async def load(vault: Vault) -> None:
+        async with db.transaction() as session:
+            await vault.load(session)
+
+    await asyncio.gather(*(load(v) for v in vaults))
+    assert len({v.audit_key for v in vaults}) == 1
+    digests = {v.indexers[1].digest("email", "ada@example.com") for v in vaults}
+    assert len(digests) == 1
