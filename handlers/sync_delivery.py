@@ -56,6 +56,8 @@ from storage.models import Customer, CustomerThread
 from . import alerts
 
 if TYPE_CHECKING:
+    from storage.vault import Vault
+
     from .deps import Deps
 
 log = logging.getLogger(__name__)
@@ -332,7 +334,7 @@ class _About:
     """The customer a post is about, decrypted only when a message shows them (a thread
     header, a top-level alert): most alerts are replies in a thread that exists."""
 
-    def __init__(self, customer: Customer, vault) -> None:
+    def __init__(self, customer: Customer, vault: Vault) -> None:
         self.id = customer.id
         self._customer = customer
         self._vault = vault

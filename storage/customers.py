@@ -263,7 +263,7 @@ class Customers:
             await insert_index_rows(self.session, rows)
 
     async def write_batch(self) -> None:
-        """Write the batch: its changed customers (one executemany), its new ones (the
+        """Write the batch: its changed customers (`_write_changed`), its new ones (the
         session's flush), then one DELETE of the replaced blind-index rows and one bulk
         insert of the new ones."""
         if self._deferred is None:

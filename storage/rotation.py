@@ -11,7 +11,7 @@ from sqlalchemy import delete, func, select
 from .customers import Customers
 from .db import Database
 from .models import AuditKey, BlindIndex, Customer, IndexKey
-from .vault import Vault, audit_key_context
+from .vault import Vault, audit_key_context, index_key_context
 
 Progress = Callable[[int], None]
 
@@ -28,13 +28,12 @@ async def rewrap(db: Database, vault: Vault, batch: int = 500, progress: Progres
     many data keys."""
     done = 0
     async with db.transaction() as s:
-        for row in (await s.execute(select(IndexKey))).scalars():
+        wrapped = [
+            *((r, index_key_context(r.generation)) for r in (await s.scalars(select(IndexKey)))),
+            *((r, audit_key_context(r.keyed_from)) for r in (await s.scalars(select(AuditKey)))),
+        ]
+        for row, context in wrapped:
             if row.key_id != vault.ring.active_id:
-                key = vault.ring.unwrap(row.key_id, row.wrapped_key, f"index_keys:{row.generation}")
-                row.key_id, row.wrapped_key = vault.ring.wrap(key, f"index_keys:{row.generation}")
-        for row in (await s.execute(select(AuditKey))).scalars():
-            if row.key_id != vault.ring.active_id:
-                context = audit_key_context(row.keyed_from)
                 key = vault.ring.unwrap(row.key_id, row.wrapped_key, context)
                 row.key_id, row.wrapped_key = vault.ring.wrap(key, context)
     while True:

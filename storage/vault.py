@@ -22,6 +22,11 @@ from .models import AuditEntry, AuditKey, Customer, IndexKey
 AUDIT_KEY_ROW = 1
 
 
+def index_key_context(generation: int) -> str:
+    """What a blind-index key's wrapping is bound to."""
+    return f"index_keys:{generation}"
+
+
 def audit_key_context(keyed_from: int) -> str:
     """What the audit key's wrapping is bound to: raising `keyed_from` (to pass rewritten
     entries off as from before the chain was keyed) makes the key unreadable."""
@@ -54,7 +59,7 @@ class Vault:
             rows = [await self.add_index_key(session, generation=1)]
         self.indexers = {
             row.generation: BlindIndexer(
-                self.ring.unwrap(row.key_id, row.wrapped_key, f"index_keys:{row.generation}")
+                self.ring.unwrap(row.key_id, row.wrapped_key, index_key_context(row.generation))
             )
             for row in rows
         }
@@ -82,7 +87,7 @@ class Vault:
 
     async def add_index_key(self, session: AsyncSession, generation: int) -> IndexKey:
         key = new_data_key()
-        key_id, wrapped = self.ring.wrap(key, f"index_keys:{generation}")
+        key_id, wrapped = self.ring.wrap(key, index_key_context(generation))
         row = IndexKey(generation=generation, key_id=key_id, wrapped_key=wrapped)
         try:
             async with session.begin_nested():
@@ -90,7 +95,7 @@ class Vault:
         except IntegrityError:  # another process made it first
             row = await session.get(IndexKey, generation)
         self.indexers[generation] = BlindIndexer(
-            self.ring.unwrap(row.key_id, row.wrapped_key, f"index_keys:{generation}")
+            self.ring.unwrap(row.key_id, row.wrapped_key, index_key_context(generation))
         )
         return row
 
