@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import os
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -20,6 +21,7 @@ from sqlalchemy import text
 
 from bot.broker import dlq_list
 from bot.sandbox import Sandbox
+from bot.service import Tuning
 from storage import audit
 from storage.crypto import KeyRing
 from storage.db import Database
@@ -138,6 +140,18 @@ async def settled(db: Database, stream: EventStream, amqp_url: str, within: floa
         if time.monotonic() > end:
             raise AssertionError(f"not settled within {within}s: (left, pending, dead) = {last}")
         await asyncio.sleep(0.3)
+
+
+def settle_window(stream: EventStream, bad: list[dict], least: float = 60.0) -> float:
+    """Seconds to let the books settle: at least `least`, and long enough for `bad` events to
+    reach the dead-letter queue. An unknown customer's event is retried on the bot's default
+    schedule (1 + 5 + 30 + 30 s) before its last attempt dead-letters it, so a short fault test
+    can end its traffic well before that."""
+    tuning = Tuning()
+    delays = tuning.retry_delays
+    retried = sum(delays[min(a, len(delays) - 1)] for a in range(tuning.max_attempts - 1))
+    first = min(stream.published[e["id"]].at for e in bad)
+    return max(least, first + retried + 30 - time.time())
 
 
 def count_posts(sandbox: Sandbox) -> tuple[Counter, dict[tuple[str, str], list[str]]]:

@@ -19,7 +19,7 @@ import pytest
 from storage.db import Database
 from tests.fixtures.amqp import rabbitmqctl
 
-from .books import check_books, settled
+from .books import check_books, settle_window, settled
 from .harness import deadline_poll, hold_for
 from .stream import bad_events
 from .users import Traffic
@@ -66,7 +66,7 @@ async def test_broker_app_restart_loses_nothing(stack, stream):
         await bot.wait_ready(30)  # the consumer is connected again
         await deadline_poll(lambda: len(stream.published) >= before + 40, 40)
         await traffic.end()
-        await settled(db, stream, stack.amqp_url, within=60)
+        await settled(db, stream, stack.amqp_url, within=settle_window(stream, bad))
     finally:
         await db.close()
         with contextlib.suppress(RuntimeError, subprocess.SubprocessError):

@@ -7,7 +7,7 @@ import time
 
 from storage.db import Database
 
-from .books import check_books, settled
+from .books import check_books, settle_window, settled
 from .harness import deadline_poll
 from .stream import bad_events
 from .users import Traffic
@@ -37,7 +37,7 @@ async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, s
         await deadline_poll(lambda: len(stream.published) >= 6 + 20 * 5, 30)
         await traffic.end()
         t1 = time.monotonic()
-        await settled(db, stream, stack.amqp_url, within=60)
+        await settled(db, stream, stack.amqp_url, within=settle_window(stream, bad))
         print(f"flow {t1 - t0:.1f}s, settle {time.monotonic() - t1:.1f}s")
     finally:
         await db.close()
