@@ -21,6 +21,10 @@ Rows of the table (all in the same run, over the same events):
 consumes (prefetch bounds what is held in memory). Everything runs in a throwaway vhost
 (`crm-bench-<hex>`, deleted at the end) and a throwaway database; the sandbox runs in a
 process of its own so its message store does not count toward the bot's memory.
+
+A second table gives each run's CPU time per event by process (the consumer's, the sandbox,
+PostgreSQL, RabbitMQ, and every process on the machine, from /proc), and the line under it the
+most CPU per event the whole machine can spend at half the bare ceiling.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import aio_pika
 from sqlalchemy import func, select
 
+from bench import cpu
 from bench.common import customers, table, throwaway_database
 from bot.broker import declare_topology
 from bot.broker.messages import event_message
@@ -55,6 +60,9 @@ from bot.service import BotService, Tuning
 from storage.models import AlertDelivery, ProcessedEvent
 
 TOKEN = "xoxb-bench-token"
+DATABASE_PROCESSES = {"postgres"}  # /proc command names
+CPU_COLUMNS = ["run", "consumer process", "sandbox", "PostgreSQL", "RabbitMQ", "all processes"]
+BROKER_PROCESSES = {"beam.smp", "erl_child_setup", "epmd", "inet_gethost"}
 SECRET = "bench-signing-secret"
 KEYS = "bench:" + base64.b64encode(b"\x07" * 32).decode()
 AMQP = os.environ.get("CRM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
@@ -168,6 +176,7 @@ class SandboxProcess:
         self.conn, child = ctx.Pipe()
         self.process = ctx.Process(target=_sandbox_main, args=(child,), daemon=True)
         self.process.start()
+        self.pid = self.process.pid
         return self.conn.recv()
 
     def __exit__(self, *exc: object) -> None:
@@ -206,7 +215,7 @@ class Vhost:
 # --- the three consumers ----------------------------------------------------------------------
 
 
-async def bare(url: str, n: int, prefetch: int) -> float:
+async def bare(url: str, n: int, prefetch: int) -> tuple[float, cpu.Snapshot | None]:
     await publish(url, events(n, n), queue="bench.bare")
     connection = await aio_pika.connect(url)
     done = asyncio.Event()
@@ -222,12 +231,14 @@ async def bare(url: str, n: int, prefetch: int) -> float:
         if seen >= n:
             done.set()
 
+    before = cpu.snapshot()
     started = time.perf_counter()
     await queue.consume(on_message)
     await done.wait()
     elapsed = time.perf_counter() - started
+    spent = cpu.since(before)
     await connection.close()
-    return elapsed
+    return elapsed, spent
 
 
 def _naive_consume(url: str, api_url: str, n: int) -> float:
@@ -257,9 +268,11 @@ def _naive_consume(url: str, api_url: str, n: int) -> float:
     return time.perf_counter() - started
 
 
-async def naive(url: str, api_url: str, n: int) -> float:
+async def naive(url: str, api_url: str, n: int) -> tuple[float, cpu.Snapshot | None]:
     await publish(url, events(n, n), queue="bench.naive")
-    return await asyncio.to_thread(_naive_consume, url, api_url, n)
+    before = cpu.snapshot()
+    elapsed = await asyncio.to_thread(_naive_consume, url, api_url, n)
+    return elapsed, cpu.since(before)
 
 
 async def _counts(db) -> tuple[int, int, int]:
@@ -332,10 +345,12 @@ async def crm_bot(
     def sample() -> None:
         rss["peak"] = max(rss["peak"], rss_mb())
 
+    before = cpu.snapshot()
     started = time.perf_counter()
     await service.start(port=0)
     try:
         result = await _until_done(service.deps.db, n, limit, started, sample)
+        result["cpu"], result["pids"] = cpu.since(before), {os.getpid()}
     finally:
         await service.stop()
     return {**result, "rss_before": rss["before"], "rss_peak": rss["peak"]}
@@ -387,11 +402,14 @@ async def crm_bot_replicas(
     for pipe in pipes:
         await loop.run_in_executor(None, pipe.recv)  # built: imports and set-up done
     db = Database(db_url)
+    before = cpu.snapshot()
     started = time.perf_counter()
     for pipe in pipes:
         pipe.send("start")
     try:
-        return await _until_done(db, n, limit, started)
+        result = await _until_done(db, n, limit, started)
+        result["cpu"], result["pids"] = cpu.since(before), {p.pid for p in processes}
+        return result
     finally:
         for pipe in pipes:
             pipe.send("stop")
@@ -420,7 +438,8 @@ async def paced(api_url: str, posts: int = 30) -> float:
 async def main(args: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.WARNING)
     n = args.events
-    with Vhost() as url, SandboxProcess() as api_url, tempfile.TemporaryDirectory() as tmp:
+    sandbox = SandboxProcess()
+    with Vhost() as url, sandbox as api_url, tempfile.TemporaryDirectory() as tmp:
         if args.backlog:
             async with throwaway_database(args.db[0], tmp) as db_url:
                 r = await crm_bot(
@@ -442,13 +461,27 @@ async def main(args: argparse.Namespace) -> None:
                 )
             )
             return
-        rows = []
-        t = await bare(url, n, args.prefetch)
+        rows, cpu_rows = [], []
+
+        def add_cpu_row(name: str, events: int, seconds: float, spent, pids: set[int]) -> None:
+            per_event = [
+                cpu.total(spent, pids=pids),
+                cpu.total(spent, pids={sandbox.pid}),
+                cpu.total(spent, names=DATABASE_PROCESSES),
+                cpu.total(spent, names=BROKER_PROCESSES),
+                cpu.everything(spent),
+            ]
+            busy = per_event[-1] / seconds
+            cpu_rows.append([name, *(1000 * x / events for x in per_event), busy])
+
+        t, spent = await bare(url, n, args.prefetch)
         rows.append(["bare aio-pika (ack only)", n, t, n / t, "-", "-"])
+        add_cpu_row(rows[-1][0], n, t, spent, {os.getpid()})
         print(rows[-1], flush=True)
         naive_n = min(n, args.naive_events or n)
-        t = await naive(url, api_url, naive_n)
+        t, spent = await naive(url, api_url, naive_n)
         rows.append(["naive (pika + WebClient per event)", naive_n, t, naive_n / t, "-", naive_n])
+        add_cpu_row(rows[-1][0], naive_n, t, spent, {os.getpid()})
         print(rows[-1], flush=True)
         ours: list[tuple[str, dict]] = []  # (which crm-bot run, its result)
 
@@ -458,6 +491,7 @@ async def main(args: argparse.Namespace) -> None:
             rate = r["done"] / r["elapsed"]
             row = [f"crm-bot end to end ({name})", r["done"], r["elapsed"], rate, applied]
             rows.append([*row, r["posted"]])
+            add_cpu_row(row[0], r["done"], r["elapsed"], r["cpu"], r["pids"])
             print(rows[-1], flush=True)
 
         for db in args.db:
@@ -480,16 +514,23 @@ async def main(args: argparse.Namespace) -> None:
                 rows,
             )
         )
+        shares = "; ".join(
+            f"{name}: {r['done'] / r['elapsed'] / ceiling:.1%} of the bare ceiling, "
+            f"{r['done'] / r['elapsed'] / naive_rate:.2f}x the naive consumer"
+            for name, r in ours
+        )
+        print(f"crm-bot ({shares}).")
         print()
+        print(table([*CPU_COLUMNS, "CPUs busy"], cpu_rows))
+        budget = 1000 * cpu.cpus() / (ceiling / 2)
+        print(
+            f"CPU ms per event, by process. At half the bare ceiling ({ceiling / 2:,.0f} "
+            f"events/s) every process together may spend at most {budget:.2f} ms per event on "
+            f"this machine's {cpu.cpus()} CPUs."
+        )
         for name, r in ours:
-            rate = r["done"] / r["elapsed"]
-            memory = ""
             if "rss_peak" in r:  # measured in this process (not for the replicas)
-                memory = f"; RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB"
-            print(
-                f"crm-bot ({name}): {rate / ceiling:.1%} of the bare ceiling, "
-                f"{rate / naive_rate:.2f}x the naive consumer{memory}"
-            )
+                print(f"crm-bot ({name}): RSS {r['rss_before']:.0f} -> peak {r['rss_peak']:.0f} MB")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
