@@ -78,6 +78,14 @@ def clean_changes(changes: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _locking(stmt):
+    """Lock the customers read until the transaction ends, as FOR NO KEY UPDATE: nothing here
+    changes a customer's key, and a plain FOR UPDATE would also block the rows that point at
+    the customer (delivery leases, threads, timeline entries) from being written meanwhile:
+    a sync batch and the delivery of earlier alerts then deadlocked."""
+    return stmt.with_for_update(key_share=True)
+
+
 def read_record(vault: Vault, customer: Customer) -> CustomerRecord:
     """The customer decrypted (an erased one: no personal field)."""
     record = CustomerRecord(
@@ -113,7 +121,7 @@ class Customers:
     async def get(self, customer_id: uuid.UUID, *, for_update: bool = False) -> Customer | None:
         stmt = select(Customer).where(Customer.id == customer_id)
         if for_update:
-            stmt = stmt.with_for_update()
+            stmt = _locking(stmt)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def preload(self, external_ids: list[str]) -> None:
@@ -122,7 +130,10 @@ class Customers:
         wanted = {e.strip() for e in external_ids} - set(self._locked)
         if not wanted:
             return
-        stmt = select(Customer).where(Customer.external_id.in_(wanted)).with_for_update()
+        # In one order, so two batches (replicas) locking overlapping sets cannot deadlock.
+        stmt = _locking(
+            select(Customer).where(Customer.external_id.in_(wanted)).order_by(Customer.external_id)
+        )
         found = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
         self._locked.update({e: found.get(e) for e in wanted})
 
@@ -135,7 +146,7 @@ class Customers:
             return self._locked[external_id]
         stmt = select(Customer).where(Customer.external_id == external_id)
         if for_update:
-            stmt = stmt.with_for_update()
+            stmt = _locking(stmt)
         return (await self.session.execute(stmt)).scalar_one_or_none()
 
     async def by_email(self, email: str) -> Customer | None:
