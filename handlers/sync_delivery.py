@@ -240,7 +240,7 @@ class Delivery:
                     await session.execute(select(Customer).where(Customer.id.in_(wanted)))
                 ).scalars()
             }
-            threads = await ledger.threads_of_many(session, list(wanted))
+            threads = await ledger.threads_of_many(session, wanted)
             out: dict[uuid.UUID, tuple[_About, dict, dict]] = {}
             dropped = []
             for row in rows:
@@ -249,8 +249,8 @@ class Delivery:
                     dropped.append(((row.event_id, row.channel_id), ledger.DROPPED, None, None))
                     continue
                 if customer.id not in out:
-                    mine = {ch: ts for (cid, ch), ts in threads.items() if cid == customer.id}
-                    out[customer.id] = (_About(customer, self.deps.vault), {}, mine)
+                    about = _About(customer, self.deps.vault)
+                    out[customer.id] = (about, {}, threads.get(customer.id, {}))
                 line = ledger.open_line(self.deps.vault, customer, row) or row.event_id
                 out[customer.id][1].setdefault(row.channel_id, []).append(
                     alerts.Pending(

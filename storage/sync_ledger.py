@@ -10,7 +10,7 @@ again, and an alert whose post failed is still there to post.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from datetime import datetime
 
 from sqlalchemy import bindparam, func, insert, select, update
@@ -183,13 +183,17 @@ async def pending_for_many(session: AsyncSession, customer_ids: Sequence[uuid.UU
 
 
 async def threads_of_many(
-    session: AsyncSession, customer_ids: Sequence[uuid.UUID]
-) -> dict[tuple[uuid.UUID, str], str]:
-    """(customer, channel) -> thread ts."""
-    stmt = select(CustomerThread).where(CustomerThread.customer_id.in_(list(customer_ids)))
-    return {
-        (t.customer_id, t.channel_id): t.thread_ts for t in (await session.execute(stmt)).scalars()
-    }
+    session: AsyncSession, customer_ids: Iterable[uuid.UUID]
+) -> dict[uuid.UUID, dict[str, str]]:
+    """customer -> {channel: thread ts}, for the customers that have threads."""
+    table = CustomerThread.__table__
+    stmt = select(table.c.customer_id, table.c.channel_id, table.c.thread_ts).where(
+        table.c.customer_id.in_(list(customer_ids))
+    )
+    threads: dict[uuid.UUID, dict[str, str]] = {}
+    for customer_id, channel_id, ts in await session.execute(stmt):
+        threads.setdefault(customer_id, {})[channel_id] = ts
+    return threads
 
 
 async def has_pending(session: AsyncSession, customer_id: uuid.UUID) -> bool:

@@ -56,4 +56,4 @@ async def test_a_sync_batch_holding_its_customers_does_not_hold_up_their_deliver
         assert await asyncio.wait_for(deliver(), timeout=10) == [a]  # not blocked by the batch
     async with db.transaction() as s:
         threads = await sync_ledger.threads_of_many(s, [a])
-    assert threads == {(a, "C0SALES01"): "1700000000.000100"}
+    assert threads == {a: {"C0SALES01": "1700000000.000100"}}
