@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -113,6 +113,13 @@ class AlertRule(_Strict):
 class SyncRules(_Strict):
     coalesce_seconds: float = Field(default=5.0, ge=0)
     broadcast_overdue_over: float = Field(default=10000, ge=0)
+    # An event that failed for a passing reason (the database away, its customer not known
+    # yet) is tried again after each delay in turn, the last one repeating, and dead-lettered
+    # when its `max_attempts`-th attempt fails: 1 + 5 + 30 + 30 s by default.
+    retry_delays: tuple[Annotated[float, Field(ge=0.01, le=86_400)], ...] = Field(
+        default=(1.0, 5.0, 30.0), min_length=1, max_length=10
+    )
+    max_attempts: int = Field(default=5, ge=1, le=50)
 
 
 class CrmConfig(_Strict):

@@ -28,8 +28,6 @@ log = logging.getLogger(__name__)
 @dataclass
 class Tuning:
     per_channel_interval: float = 1.0
-    retry_delays: tuple[float, ...] = (1, 5, 30)
-    max_attempts: int = 5
     prefetch: int = 256
     job_interval: float | None = None  # overrides every job's interval (tests)
     outbox_poll: float = 1.0
@@ -100,8 +98,8 @@ class BotService:
             handle,
             permanent_errors=permanent,
             prefetch=t.prefetch,
-            retry_delays=t.retry_delays,
-            max_attempts=t.max_attempts,
+            retry_delays=self.config.sync.retry_delays,
+            max_attempts=self.config.sync.max_attempts,
             partition_key=customer_partition_key,
         )
 

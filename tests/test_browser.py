@@ -40,7 +40,7 @@ WAIT_MS = 10_000
 
 @pytest.fixture
 async def demo(tmp_path: Path) -> AsyncIterator[Demo]:
-    tuning = Tuning(per_channel_interval=0, retry_delays=(0.1, 0.2, 0.3), outbox_poll=0.1)
+    tuning = Tuning(per_channel_interval=0, outbox_poll=0.1)
     d = Demo(DemoOptions(port=0, data=tmp_path, events=False, tuning=tuning))
     await d.start()
     try:

@@ -55,6 +55,9 @@ notify = ["finance"]
             "line 9: alerts[0].notify: unknown department 'legal'",
         ),
         ("[handoffs]\nclaim_within_minutes = -5\n", "line 2: handoffs.claim_within_minutes"),
+        ("[sync]\nretry_delays = []\n", "line 2: sync.retry_delays"),
+        ("[sync]\ncoalesce_seconds = 5\nretry_delays = [1, 0]\n", "line 3: sync.retry_delays"),
+        ("[sync]\nmax_attempts = 0\n", "line 2: sync.max_attempts"),
         (
             '[departments.finance]\nname = "F"\nchannel = "C0FINANCE"\napproval_limit = "lots"\n',
             "line 4: departments.finance.approval_limit",

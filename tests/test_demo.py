@@ -29,7 +29,7 @@ from tests.fixtures.slack import eventually
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "bot/contracts/sync-event.schema.json").read_text())
-FAST = Tuning(per_channel_interval=0, retry_delays=(0.1, 0.2, 0.3), outbox_poll=0.1)
+FAST = Tuning(per_channel_interval=0, outbox_poll=0.1)
 ADA = "ada.lovelace@analytical-engines.example"
 
 

@@ -123,7 +123,7 @@ async def sync_bot(db, db_url, sandbox, amqp_url) -> AsyncIterator[SyncBot]:
             bot_settings(db_url, sandbox, amqp_url=amqp_url),
             sandbox,
             config=parse_config(TEST_CONFIG + extra),
-            tuning=Tuning(per_channel_interval=0, retry_delays=(0.1, 0.2, 0.3), outbox_poll=0.1),
+            tuning=Tuning(per_channel_interval=0, outbox_poll=0.1),
         )
         harness.deps.slack.client = make_client(BOT_TOKEN, sandbox.api_url, backoff=0.01)
         harness.publish = publisher.send  # type: ignore[attr-defined]
@@ -300,6 +300,20 @@ async def test_unknown_customer_is_retried_then_dead_lettered_and_a_lead_creates
         )
     ]
     assert (await record(bot, "C-NEW")) is not None and (await record(bot, "C-404")) is None
+
+
+async def test_the_retry_schedule_is_the_configs(sync_bot, amqp_url):
+    """`[sync] retry_delays` and `max_attempts` decide how long an event is retried."""
+    bot = await sync_bot(
+        "[sync]\ncoalesce_seconds = 0\nretry_delays = [0.1, 0.3]\nmax_attempts = 3\n"
+    )
+    retried = outcome("retried")
+    await bot.publish(ticket(ext="C-404"))
+    letters = await eventually(lambda: dlq_list(amqp_url))
+    assert [(d.reason.split(":")[0], d.attempts) for d in letters] == [
+        ("gave up after 3 attempts", 3)
+    ]
+    assert outcome("retried") == retried + 2
 
 
 async def test_an_event_arriving_before_its_customer_is_applied_once_the_customer_is(

@@ -20,8 +20,8 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 
 from bot.broker import dlq_list
+from bot.config import parse_config
 from bot.sandbox import Sandbox
-from bot.service import Tuning
 from storage import audit
 from storage.crypto import KeyRing
 from storage.db import Database
@@ -29,6 +29,7 @@ from storage.vault import Vault
 from tests.fixtures.bot import FINANCE, GENERAL, MARKETING, SALES, SERVICE
 from tests.fixtures.db import KEY_LINE
 
+from .harness import FAULT_CONFIG
 from .stream import EventStream, tokens_in
 
 CHANNELS = (SALES, MARKETING, SERVICE, FINANCE, GENERAL)
@@ -144,12 +145,11 @@ async def settled(db: Database, stream: EventStream, amqp_url: str, within: floa
 
 def settle_window(stream: EventStream, bad: list[dict], least: float = 60.0) -> float:
     """Seconds to let the books settle: at least `least`, and long enough for `bad` events to
-    reach the dead-letter queue. An unknown customer's event is retried on the bot's default
-    schedule (1 + 5 + 30 + 30 s) before its last attempt dead-letters it, so a short fault test
-    can end its traffic well before that."""
-    tuning = Tuning()
-    delays = tuning.retry_delays
-    retried = sum(delays[min(a, len(delays) - 1)] for a in range(tuning.max_attempts - 1))
+    reach the dead-letter queue. An unknown customer's event is retried on the fault config's
+    schedule before its last attempt dead-letters it, which may end after the traffic."""
+    sync = parse_config(FAULT_CONFIG).sync
+    delays = sync.retry_delays
+    retried = sum(delays[min(a, len(delays) - 1)] for a in range(sync.max_attempts - 1))
     first = min(stream.published[e["id"]].at for e in bad)
     return max(least, first + retried + 30 - time.time())
 

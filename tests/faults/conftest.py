@@ -13,15 +13,10 @@ from collections.abc import AsyncIterator
 import pytest
 from sqlalchemy.engine import make_url
 
-from tests.fixtures.bot import TEST_CONFIG
 from tests.fixtures.services import PG_URL, need_service
 
-from .harness import Stack
+from .harness import FAULT_CONFIG, Stack
 from .stream import EventStream
-
-# Alerts coalesce per customer and channel for 10 s, so a test's burst of alerts stays under
-# Slack's one message per second per channel and drains in seconds.
-FAULT_CONFIG = TEST_CONFIG + "\n[sync]\ncoalesce_seconds = 10\n"
 
 
 @pytest.fixture

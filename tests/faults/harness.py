@@ -40,6 +40,11 @@ from tests.fixtures.slack import BOT_TOKEN, SIGNING_SECRET
 ROOT = Path(__file__).resolve().parents[2]
 CRM_BOT = ROOT / ".venv" / "bin" / "crm-bot"
 CLEARED = ("SLACK_", "DATABASE_URL", "AMQP_URL", "CRM_", "PORT")
+# Alerts coalesce per customer and channel for 10 s, so a test's burst of alerts stays under
+# Slack's one message per second per channel and drains in seconds. A failed event is retried
+# after 1, 5, 5 and 5 s (16 s in all, against the default 66 s): longer than any outage here,
+# and short enough that an event that can never apply is dead-lettered within the test.
+FAULT_CONFIG = TEST_CONFIG + "\n[sync]\ncoalesce_seconds = 10\nretry_delays = [1, 5]\n"
 PG_ADMIN = PG_URL
 
 
@@ -219,7 +224,7 @@ class Stack:
     @classmethod
     @contextlib.asynccontextmanager
     async def open(
-        cls, amqp_url: str, workdir: Path, config: str = TEST_CONFIG
+        cls, amqp_url: str, workdir: Path, config: str = FAULT_CONFIG
     ) -> AsyncIterator[Stack]:
         sandbox = await Sandbox.start(bot_token=BOT_TOKEN)
         try:
