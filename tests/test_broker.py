@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import json
+import logging
 import os
 
 import aio_pika
@@ -272,6 +273,22 @@ async def _survives(amqp_url, make_consumer, interrupt, resume) -> None:
     # None lost and none dead; a message whose ack was lost with the connection may run twice.
     assert await depth(amqp_url, DEAD_QUEUE) == 0
     assert await depth(amqp_url, SYNC_QUEUE) == 0
+
+
+async def test_stopping_the_consumer_is_not_reported_as_a_lost_connection(
+    amqp_url, make_consumer, caplog
+):
+    """An admin reading the log of a clean shutdown must not be told the broker went away."""
+
+    async def handle(body: bytes, attempt: int) -> None:
+        return None
+
+    consumer = await make_consumer(handle)
+    assert consumer.connected
+    with caplog.at_level(logging.INFO, logger="bot.broker.consumer"):
+        await consumer.stop()
+    assert not consumer.connected
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
 
 
 async def test_consumer_survives_a_dropped_connection(amqp_url, amqp_vhost, make_consumer):

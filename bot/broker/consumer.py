@@ -142,6 +142,7 @@ class Consumer:
                 log.warning("stop: %d deliveries left for redelivery", len(pending))
                 await asyncio.gather(*pending, return_exceptions=True)
         if self._connection is not None:
+            self._connection.close_callbacks.discard(self._on_disconnect)  # not a loss: a stop
             await self._connection.close()
             self._connection = None
         metrics.broker_connected.set(0)
