@@ -64,6 +64,10 @@ def jobs(deps: Deps):
     return handlers.background_jobs(deps)
 
 
+async def drain(deps: Deps, within: float) -> None:
+    await handlers.drain(deps, within)
+
+
 def sync_handler(deps: Deps):
     """The consumer's callback and the errors that mean 'never retry this message'."""
     return handlers.sync_handler(deps)

@@ -15,7 +15,7 @@ from aiohttp import web
 from handlers.deps import Deps
 from storage.departments import sync_from_config
 
-from .app import build_bolt_app, jobs, sync_handler
+from .app import build_bolt_app, drain, jobs, sync_handler
 from .config import CrmConfig, Settings
 from .metrics import broker_connected
 from .runtime import open_storage
@@ -23,6 +23,9 @@ from .slack_out import SlackOut, make_client
 from .web import create_web_app
 
 log = logging.getLogger(__name__)
+
+
+DRAIN_SECONDS = 10.0  # on stop, how long the alerts being posted may take to finish
 
 
 @dataclass
@@ -150,13 +153,15 @@ class BotService:
             await self._lazy.drain(within=10)
         if self.consumer is not None:
             await self.consumer.stop()
-        if self.relay is not None:
-            await self.relay.stop()
         for task in self._tasks:
             task.cancel()
         for task in self._tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        if self.deps is not None:  # what the consumer and the jobs started: alerts being posted
+            await drain(self.deps, within=DRAIN_SECONDS)
+        if self.relay is not None:
+            await self.relay.stop()
         if self._socket is not None:
             await self._socket.close_async()
         # give lazy listeners still running a moment to finish their answers

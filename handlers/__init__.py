@@ -26,6 +26,11 @@ def background_jobs(deps: Deps) -> list:
     return [*handoffs.jobs(deps), *approvals.jobs(deps), *sync.jobs(deps)]
 
 
+async def drain(deps: Deps, within: float) -> None:
+    """On stop, after the consumer and the jobs: let the work they started finish."""
+    await sync.drain(deps, within)
+
+
 def sync_handler(deps: Deps):
     """(handle(body, attempt), permanent error types) for the RabbitMQ consumer."""
     return sync.make_handler(deps)

@@ -405,6 +405,13 @@ def make_handler(deps: Deps):
     return syncer(deps).handle, (InvalidEvent,)
 
 
+async def drain(deps: Deps, within: float) -> None:
+    """On stop: let the alerts being posted finish (Delivery.drain)."""
+    found = deps.__dict__.get("_sync")
+    if found is not None:
+        await found.delivery.drain(within)
+
+
 def jobs(deps: Deps) -> list:
     """Posts alerts held back by the coalescing window, and any left by a failed post."""
     delivery = syncer(deps).delivery

@@ -128,6 +128,26 @@ class Delivery:
             self._worker = asyncio.get_running_loop().create_task(self._deliver_waiting())
         await future
 
+    async def drain(self, within: float) -> None:
+        """On stop, once nothing starts new deliveries (the consumer and the jobs are
+        stopped): let the posts under way finish and be recorded, for up to `within` seconds,
+        then cancel what is left; its alerts stay pending for the next start."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + within
+        while busy := {
+            t for t in (*self._started, self._worker, self._recorder) if t and not t.done()
+        }:
+            left = deadline - loop.time()
+            if left <= 0:
+                log.warning(
+                    "stop: %d alert deliveries cut short; their alerts stay pending", len(busy)
+                )
+                for task in busy:
+                    task.cancel()
+                await asyncio.gather(*busy, return_exceptions=True)
+                return
+            await asyncio.wait(busy, timeout=left)
+
     async def _deliver_waiting(self) -> None:
         while self._waiting:
             ids = list(itertools.islice(self._waiting, MAX_BATCH))

@@ -245,6 +245,39 @@ async def _none_pending(bot: Harness) -> bool:
     return await count(bot, AlertDelivery, AlertDelivery.status == "pending") == 0
 
 
+async def test_a_stop_lets_the_alerts_being_posted_finish_and_records_them(sync_bot):
+    """SIGTERM while alerts go out at Slack's pace: the stop waits for the posting under way,
+    so when it returns nothing of this bot is still posting, and every alert Slack shows is
+    recorded `posted` (none would be posted again after the restart)."""
+    bot = await sync_bot()
+    await bot.publish(ev("customer.upserted", name="Ada"))
+    await processed(bot, 1)
+    bot.deps.slack.per_channel_interval, bot.deps.slack.burst = 0.1, 1
+    await bot.publish(*(ticket(tid=f"T-{n}") for n in range(10)))
+    await processed(bot, 11)
+    await eventually(lambda: len(bot.store.all_messages(SALES)) >= 3)  # posting is under way
+    await bot.service.stop()
+    delivering = [
+        t for t in asyncio.all_tasks() if "Delivery." in t.get_coro().__qualname__ and not t.done()
+    ]
+    assert delivering == []
+    async with bot.deps.db.transaction() as session:
+        rows = (
+            await session.execute(
+                select(AlertDelivery.channel_id, AlertDelivery.ts, AlertDelivery.status)
+            )
+        ).all()
+    for channel in (SALES, SERVICE):
+        shown = [
+            m["ts"]
+            for m in bot.store.all_messages(channel)
+            if m.get("thread_ts") not in (None, m["ts"])
+        ]
+        recorded = [ts for ch, ts, status in rows if ch == channel and status == "posted"]
+        assert sorted(shown) == sorted(recorded), channel
+    assert len(rows) == 20
+
+
 async def test_out_of_order_events_keep_the_newer_value(sync_bot):
     bot = await sync_bot()
     stale_before = outcome("stale")
