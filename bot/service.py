@@ -11,12 +11,14 @@ from dataclasses import dataclass
 
 import aiohttp
 from aiohttp import web
+from slack_sdk.errors import SlackApiError
+from slack_sdk.web.async_client import AsyncWebClient
 
 from handlers.deps import Deps
 from storage.departments import sync_from_config
 
 from .app import build_bolt_app, drain, jobs, sync_handler
-from .config import CrmConfig, Settings
+from .config import ConfigError, CrmConfig, Settings
 from .metrics import broker_connected
 from .runtime import open_storage
 from .slack_out import SlackOut, make_client
@@ -25,6 +27,14 @@ from .web import create_web_app
 log = logging.getLogger(__name__)
 
 
+# Slack's answers to apps.connections.open that no retry can change.
+REFUSED_APP_TOKEN = {
+    "invalid_auth",
+    "not_authed",
+    "not_allowed_token_type",
+    "token_revoked",
+    "account_inactive",
+}
 DRAIN_SECONDS = 10.0  # on stop, how long the alerts being posted may take to finish
 
 
@@ -34,6 +44,18 @@ class Tuning:
     prefetch: int = 256
     job_interval: float | None = None  # overrides every job's interval (tests)
     outbox_poll: float = 1.0
+
+
+async def check_app_token(client: AsyncWebClient, app_token: str) -> None:
+    """Slack refusing SLACK_APP_TOKEN, as a one-line ConfigError: the Socket Mode client would
+    retry it forever, logging a traceback each time, and the bot would never be ready."""
+    try:
+        await client.apps_connections_open(app_token=app_token)
+    except SlackApiError as exc:
+        error = exc.response.get("error")
+        if error in REFUSED_APP_TOKEN:
+            raise ConfigError(f"SLACK_APP_TOKEN was refused by Slack: {error}") from None
+        raise
 
 
 class BotService:
@@ -73,6 +95,7 @@ class BotService:
         if s.slack_app_token:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
+            await check_app_token(bolt.client, s.slack_app_token)
             self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
             await self._socket.connect_async()
             log.info("connected to Slack over Socket Mode")

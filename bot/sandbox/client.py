@@ -1,5 +1,6 @@
 """The sandbox acting as Slack toward the bot: slash commands, clicks, modal submissions,
-shortcuts and events, each signed exactly as Slack signs them (v0 scheme, via slack_sdk).
+shortcuts and events, each signed exactly as Slack signs them (v0 scheme, via slack_sdk), or,
+for a bot in Socket Mode (`socket_mode=True`), sent as envelopes on its WebSocket.
 
 Every call returns the bot's answer (`BotReply`). What the bot sends back the way Slack would
 show it (a command's acknowledgement text, a modal's `response_action`) is applied to the
@@ -13,7 +14,7 @@ import secrets
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
-from urllib.parse import urlencode
+from urllib.parse import parse_qsl, urlencode
 
 import aiohttp
 from slack_sdk.signature import SignatureVerifier
@@ -35,9 +36,12 @@ class BotReply:
 
 
 class SlackClientSim:
-    def __init__(self, bot_url: str, signing_secret: str, sandbox: Sandbox) -> None:
+    def __init__(
+        self, bot_url: str, signing_secret: str, sandbox: Sandbox, *, socket_mode: bool = False
+    ) -> None:
         self.bot_url = bot_url
         self.sandbox = sandbox
+        self.socket_mode = socket_mode
         self.verifier = SignatureVerifier(signing_secret)
         self._session: aiohttp.ClientSession | None = None
 
@@ -63,6 +67,8 @@ class SlackClientSim:
         retry_reason: str | None = None,
     ) -> BotReply:
         """POST `body` to the bot as Slack would, signed (or not) as asked."""
+        if self.socket_mode:
+            return await self._send_envelope(body, content_type)
         timestamp = int(time.time()) - (600 if signing == "stale" else 0)
         headers = {"Content-Type": content_type, "User-Agent": "Slackbot 1.0 (+sandbox)"}
         if signing != "none":
@@ -78,6 +84,22 @@ class SlackClientSim:
             self._session = aiohttp.ClientSession()
         async with self._session.post(self.bot_url, data=body.encode(), headers=headers) as resp:
             return BotReply(resp.status, await resp.text(), dict(resp.headers))
+
+    async def _send_envelope(self, body: str, content_type: str) -> BotReply:
+        """The same request as a Socket Mode envelope; the ack's payload is the reply body."""
+        if content_type == "application/json":
+            kind, payload, accepts = "events_api", json.loads(body), False
+        else:
+            form = dict(parse_qsl(body, keep_blank_values=True))
+            if "payload" in form:
+                payload = json.loads(form["payload"])
+                kind = "interactive"
+                accepts = payload.get("type") in ("view_submission", "block_suggestion")
+            else:
+                kind, payload, accepts = "slash_commands", form, True
+        ack = await self.sandbox.socket_mode.send(kind, payload, accepts_response_payload=accepts)
+        reply = ack.get("payload")
+        return BotReply(200, json.dumps(reply) if reply else "", {})
 
     async def _interactive(self, payload: dict[str, Any], **options: Any) -> BotReply:
         body = urlencode({"payload": json.dumps(payload)})

@@ -17,6 +17,7 @@ from aiohttp import web
 
 from bot.sandbox import views, webapi
 from bot.sandbox.faults import Fault, Faults, RateLimit
+from bot.sandbox.socket_mode import SocketModeLink
 from bot.sandbox.store import Call, Ephemeral, Store
 from bot.sandbox.webapi import WebApi, error
 
@@ -76,8 +77,10 @@ class Sandbox:
         usergroups: dict[str, list[str]] | None = None,
         auto_channels: bool = True,
         page: bool = False,
+        app_token: str | None = None,
     ) -> None:
         self.bot_token = bot_token
+        self.socket_mode = SocketModeLink(app_token)  # for a bot given this app-level token
         self.store = Store(
             channels=DEMO_CHANNELS if channels is None else channels,
             users=DEMO_USERS if users is None else users,
@@ -91,6 +94,7 @@ class Sandbox:
         self.app = web.Application()
         self.app.router.add_route("*", "/api/{method}", self._api)
         self.app.router.add_post("/response/{token}", self._response_url)
+        self.app.router.add_get("/link/", self.socket_mode.serve)
         self.page: Any = None
         if page:  # the web page of `crm-bot demo` (bot/sandbox/page.py)
             from bot.sandbox.page import add_page_routes
@@ -114,6 +118,7 @@ class Sandbox:
         self.url = f"http://{host}:{bound}"
 
     async def stop(self) -> None:
+        await self.socket_mode.close()
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -171,9 +176,13 @@ class Sandbox:
         return f"{self.url}/response/{token}"
 
     # -- handlers ----------------------------------------------------------------------
-    def _authorized(self, request: web.Request, args: dict[str, Any]) -> str | None:
+    @staticmethod
+    def _token(request: web.Request, args: dict[str, Any]) -> str | None:
         header = request.headers.get("Authorization", "")
-        token = header[7:] if header.startswith("Bearer ") else args.pop("token", None)
+        return header[7:] if header.startswith("Bearer ") else args.pop("token", None)
+
+    def _authorized(self, request: web.Request, args: dict[str, Any]) -> str | None:
+        token = self._token(request, args)
         if not token:
             return "not_authed"
         return None if secrets.compare_digest(str(token), self.bot_token) else "invalid_auth"
@@ -186,6 +195,9 @@ class Sandbox:
         fault = self.faults.next_for(name)
         if fault is not None:
             return self._inject(request, name, logged, fault, started)
+        if name == "apps.connections.open":  # the one method called with the app-level token
+            body = self.socket_mode.open(self._token(request, args), self.url)
+            return self._answer(name, logged, 200, body, started)
         auth_error = self._authorized(request, args)
         args.pop("token", None)
         if auth_error:
