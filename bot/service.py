@@ -166,6 +166,8 @@ class BotService:
         if self.consumer is not None:
             checks["broker"] = bool(self.consumer.connected)
             broker_connected.set(1 if checks["broker"] else 0)
+        if self._socket is not None:  # Socket Mode: requests only arrive on this connection
+            checks["slack"] = await self._socket.client.is_connected()
         return checks
 
     async def stop(self) -> None:

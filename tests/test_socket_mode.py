@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
+import aiohttp
 import pytest
 
 from bot.config import ConfigError, parse_config
@@ -54,6 +55,27 @@ async def test_commands_clicks_and_events_arrive_over_the_socket(socket_bot):
     await bot.sim.home_opened(ALICE)
     home = await eventually(lambda: bot.store.home(ALICE))
     assert "Your departments: Sales" in block_texts(home["blocks"])
+
+
+async def test_readyz_reports_the_socket(socket_bot):
+    """A load balancer or orchestrator sees when Slack's connection is gone."""
+
+    async def ready() -> tuple[int, dict]:
+        url = socket_bot.service.url + "/readyz"
+        async with aiohttp.ClientSession() as http, http.get(url) as r:
+            return r.status, await r.json()
+
+    assert await ready() == (200, {"ok": True, "database": True, "slack": True})
+    await socket_bot.sandbox.stop()  # Slack goes away: the connection drops, reconnects fail
+    assert await eventually(lambda: _gone(ready)) == (
+        503,
+        {"ok": False, "database": True, "slack": False},
+    )
+
+
+async def _gone(ready):
+    status, body = await ready()
+    return (status, body) if status == 503 else None
 
 
 async def test_an_app_token_slack_refuses_stops_the_start_in_one_line(db, db_url):
