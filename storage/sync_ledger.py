@@ -154,16 +154,16 @@ async def claim(
         return []
     dialect = session.bind.dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(DeliveryLease).values(
-        # in one order, so two replicas claiming overlapping sets cannot deadlock
-        [{"customer_id": c, "owner": owner, "until": until} for c in sorted(customer_ids)]
-    )
+    stmt = insert(DeliveryLease)
     stmt = stmt.on_conflict_do_update(
         index_elements=["customer_id"],
         set_={"owner": stmt.excluded.owner, "until": stmt.excluded.until},
         where=(DeliveryLease.owner == owner) | (DeliveryLease.until < now),
     )
-    await session.execute(stmt)
+    # One row per execution of one statement (compiled once, not once per round size), in
+    # one order, so two replicas claiming overlapping sets cannot deadlock.
+    rows = [{"customer_id": c, "owner": owner, "until": until} for c in sorted(customer_ids)]
+    await session.execute(stmt, rows)
     mine = select(DeliveryLease.customer_id).where(
         DeliveryLease.customer_id.in_(list(customer_ids)), DeliveryLease.owner == owner
     )
