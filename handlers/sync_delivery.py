@@ -99,7 +99,9 @@ class Delivery:
 
     @property
     def flush_interval(self) -> float:
-        return min(1.0, max(0.1, self.window / 4))
+        """Held alerts go out within a quarter of the window after it passed; without a window
+        the job only picks up what a failed post left, once a second."""
+        return min(1.0, max(0.1, self.window / 4)) if self.window > 0 else 1.0
 
     # --- alerts -------------------------------------------------------------------------------
 
