@@ -60,12 +60,12 @@ from bot.service import BotService, Tuning
 from storage.models import AlertDelivery, ProcessedEvent
 
 TOKEN = "xoxb-bench-token"
-DATABASE_PROCESSES = {"postgres"}  # /proc command names
-CPU_COLUMNS = ["run", "consumer process", "sandbox", "PostgreSQL", "RabbitMQ", "all processes"]
-BROKER_PROCESSES = {"beam.smp", "erl_child_setup", "epmd", "inet_gethost"}
 SECRET = "bench-signing-secret"
 KEYS = "bench:" + base64.b64encode(b"\x07" * 32).decode()
 AMQP = os.environ.get("CRM_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/")
+CPU_COLUMNS = ["run", "consumer process", "sandbox", "PostgreSQL", "RabbitMQ", "all processes"]
+DATABASE_PROCESSES = {"postgres"}  # /proc command names
+BROKER_PROCESSES = {"beam.smp", "erl_child_setup", "epmd", "inet_gethost"}
 SALES, SERVICE, FINANCE = "C0SALES01", "C0SERVICE", "C0FINANCE"
 CONFIG = f"""
 [departments.sales]

@@ -65,6 +65,7 @@ def jobs(deps: Deps):
 
 
 async def drain(deps: Deps, within: float) -> None:
+    """On stop, after the consumer and the jobs: let the work they started finish."""
     await handlers.drain(deps, within)
 
 

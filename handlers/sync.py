@@ -407,9 +407,7 @@ def make_handler(deps: Deps):
 
 async def drain(deps: Deps, within: float) -> None:
     """On stop: let the alerts being posted finish (Delivery.drain)."""
-    found = deps.__dict__.get("_sync")
-    if found is not None:
-        await found.delivery.drain(within)
+    await syncer(deps).delivery.drain(within)
 
 
 def jobs(deps: Deps) -> list:

@@ -136,9 +136,7 @@ class Delivery:
         then cancel what is left; its alerts stay pending for the next start."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + within
-        while busy := {
-            t for t in (*self._started, self._worker, self._recorder) if t and not t.done()
-        }:
+        while busy := self._busy():
             left = deadline - loop.time()
             if left <= 0:
                 log.warning(
@@ -149,6 +147,11 @@ class Delivery:
                 await asyncio.gather(*busy, return_exceptions=True)
                 return
             await asyncio.wait(busy, timeout=left)
+
+    def _busy(self) -> set[asyncio.Task[None]]:
+        """The delivery tasks still running: started deliveries, the worker, the recorder."""
+        tasks = (*self._started, self._worker, self._recorder)
+        return {t for t in tasks if t is not None and not t.done()}
 
     async def _deliver_waiting(self) -> None:
         while self._waiting:
