@@ -10,7 +10,6 @@ short closed list, so the caller decides between retrying later and giving up.
 from __future__ import annotations
 
 import asyncio
-import copy
 import logging
 import random
 import time
@@ -183,10 +182,20 @@ def _fit_block(block: dict[str, Any]) -> None:
             _fit_element(e)
 
 
+def _copy_tree(value: Any) -> Any:
+    """A copy of a JSON-shaped value (dicts, lists, scalars): what copy.deepcopy gives for
+    blocks at a fraction of its cost (it is paid on every post)."""
+    if isinstance(value, dict):
+        return {k: _copy_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_copy_tree(v) for v in value]
+    return value
+
+
 def fit_blocks(blocks: list[dict[str, Any]], max_blocks: int = MAX_BLOCKS) -> list[dict[str, Any]]:
     """A copy of `blocks` cut to Slack's limits; past `max_blocks`, the last one says how many
     were left out."""
-    fitted = copy.deepcopy(blocks)
+    fitted = _copy_tree(blocks)
     if len(fitted) > max_blocks:
         left_out = len(fitted) - (max_blocks - 1)
         fitted = fitted[: max_blocks - 1]

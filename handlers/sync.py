@@ -1,9 +1,9 @@
 """RabbitMQ sync: apply the systems of record's events to the shared records, then alert.
 
-For each message (`handle(body, attempt)`, called by bot/broker's Consumer, one customer's
-events in arrival order):
+For each message (`handle(event, attempt)`, called by bot/broker's Consumer with the body
+parsed as a JSON object, one customer's events in arrival order):
 
-1. parse and validate against `crm.sync/1` (`InvalidEvent` -> dead-lettered at once with the
+1. validate against `crm.sync/1` (`InvalidEvent` -> dead-lettered at once with the
    reason); events from our own outbox (`source` = `crm-bot`) are ignored;
 2. in ONE transaction (shared with the other customers' events waiting at that moment: a
    group commit; an event that fails it is then applied alone, so only it is retried):
@@ -157,14 +157,8 @@ def _reason(error: ValidationError) -> str:
     return f"schema: {where}: fails {rule}"
 
 
-def parse_event(body: bytes) -> dict[str, Any]:
-    """The event in `body`, valid per `crm.sync/1`; InvalidEvent with the reason otherwise."""
-    try:
-        event = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise InvalidEvent("invalid JSON") from None
-    if not isinstance(event, dict):
-        raise InvalidEvent("schema: event: must be of type object")
+def validate_event(event: dict[str, Any]) -> dict[str, Any]:
+    """`event` when it is valid per `crm.sync/1`; InvalidEvent with the reason otherwise."""
     try:
         fast_validator()(event)
         return event
@@ -200,8 +194,8 @@ class Sync:
     def rules(self):
         return alerts.rules_for(self.deps.config.alerts)
 
-    async def handle(self, body: bytes, attempt: int) -> None:
-        event = parse_event(body)
+    async def handle(self, event: dict[str, Any], attempt: int) -> None:
+        validate_event(event)
         if event["source"] == OWN_SOURCE:
             metrics.events_total.labels("ignored").inc()
             return
@@ -401,7 +395,7 @@ def syncer(deps: Deps) -> Sync:
 
 
 def make_handler(deps: Deps):
-    """(handle(body, attempt), permanent error types) for bot.broker.Consumer."""
+    """(handle(event, attempt), permanent error types) for bot.broker.Consumer."""
     return syncer(deps).handle, (InvalidEvent,)
 
 

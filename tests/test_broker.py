@@ -43,10 +43,6 @@ def event(n: int, customer: str = "C-1", type_: str = "customer.upserted") -> di
     }
 
 
-def event_id(body: bytes) -> str:
-    return json.loads(body)["id"]
-
-
 def outcome(name: str) -> float:
     return metrics.REGISTRY.get_sample_value("crm_sync_events_total", {"outcome": name}) or 0.0
 
@@ -99,8 +95,8 @@ async def test_topology_declared_twice_routes_inbound_types_only(amqp_url):
 async def test_good_message_is_handled_and_acked_once(amqp_url, make_consumer):
     handled: list[tuple[str, int]] = []
 
-    async def handle(body: bytes, attempt: int) -> None:
-        handled.append((event_id(body), attempt))
+    async def handle(data: dict, attempt: int) -> None:
+        handled.append((data["id"], attempt))
 
     consumer = await make_consumer(handle)
     assert consumer.connected
@@ -117,7 +113,7 @@ async def test_permanent_error_goes_to_the_dead_letter_queue_with_its_reason(
 ):
     calls = []
 
-    async def handle(body: bytes, attempt: int) -> None:
+    async def handle(data: dict, attempt: int) -> None:
         calls.append(attempt)
         raise PermanentError("unknown customer")
 
@@ -140,7 +136,7 @@ async def test_permanent_error_goes_to_the_dead_letter_queue_with_its_reason(
 async def test_transient_errors_are_retried_then_handled(amqp_url, make_consumer):
     attempts: list[int] = []
 
-    async def handle(body: bytes, attempt: int) -> None:
+    async def handle(data: dict, attempt: int) -> None:
         attempts.append(attempt)
         if attempt <= 2:
             raise ConnectionError("database unavailable")
@@ -158,7 +154,7 @@ async def test_transient_errors_are_retried_then_handled(amqp_url, make_consumer
 async def test_always_failing_message_is_dead_lettered_after_max_attempts(amqp_url, make_consumer):
     attempts: list[int] = []
 
-    async def handle(body: bytes, attempt: int) -> None:
+    async def handle(data: dict, attempt: int) -> None:
         attempts.append(attempt)
         raise TimeoutError("slack unavailable")
 
@@ -175,12 +171,13 @@ async def test_always_failing_message_is_dead_lettered_after_max_attempts(amqp_u
 async def test_malformed_messages_are_dead_lettered_among_good_ones(amqp_url, make_consumer):
     handled: set[str] = set()
 
-    async def handle(body: bytes, attempt: int) -> None:
-        handled.add(event_id(body))
+    async def handle(data: dict, attempt: int) -> None:
+        handled.add(data["id"])
 
     consumer = await make_consumer(handle)
     good = [json.dumps(event(n, customer=f"C-{n % 50}")).encode() for n in range(1000)]
-    bad = [b"not json %d" % n if n % 2 else b"\xff\xfe%d" % n for n in range(100)]
+    kinds = [b"not json %d", b"\xff\xfe%d", b"[%d]"]  # not JSON, not UTF-8, not an object
+    bad = [kinds[n % 3] % n for n in range(100)]
     mixed = [m for pair in zip(good[:100], bad, strict=True) for m in pair] + good[100:]
     await publish_many(amqp_url, mixed, "customer.upserted")
     await eventually(lambda: len(handled) == 1000, within=30)
@@ -201,8 +198,7 @@ async def test_same_partition_in_order_different_partitions_concurrently(amqp_ur
     overlap_within_partition = []
     b_started = asyncio.Event()
 
-    async def handle(body: bytes, attempt: int) -> None:
-        data = json.loads(body)
+    async def handle(data: dict, attempt: int) -> None:
         key, n = data["customer"]["external_id"], int(data["id"].split("-")[1])
         if active[key]:
             overlap_within_partition.append(key)
@@ -235,10 +231,10 @@ async def test_same_partition_in_order_different_partitions_concurrently(amqp_ur
 async def test_partition_key_errors_mean_no_partition(amqp_url, make_consumer):
     handled = []
 
-    async def handle(body: bytes, attempt: int) -> None:
-        handled.append(event_id(body))
+    async def handle(data: dict, attempt: int) -> None:
+        handled.append(data["id"])
 
-    def broken_key(body: bytes) -> str:
+    def broken_key(data: dict) -> str:
         raise KeyError("customer")
 
     await make_consumer(handle, partition_key=broken_key)
@@ -254,11 +250,11 @@ def _my_connections(vhost: str) -> list[str]:
 async def _survives(amqp_url, make_consumer, interrupt, resume) -> None:
     handled: collections.Counter[str] = collections.Counter()
 
-    async def handle(body: bytes, attempt: int) -> None:
+    async def handle(data: dict, attempt: int) -> None:
         await asyncio.sleep(0.002)  # a little work, so the stream is mid-way when we interrupt
-        if event_id(body) == "ev-250" and attempt == 1:
+        if data["id"] == "ev-250" and attempt == 1:
             raise ConnectionError("retry path after the interruption")
-        handled[event_id(body)] += 1
+        handled[data["id"]] += 1
 
     consumer = await make_consumer(handle, prefetch=16)
     bodies = [json.dumps(event(n, customer=f"C-{n % 7}")).encode() for n in range(300)]
@@ -280,7 +276,7 @@ async def test_stopping_the_consumer_is_not_reported_as_a_lost_connection(
 ):
     """An admin reading the log of a clean shutdown must not be told the broker went away."""
 
-    async def handle(body: bytes, attempt: int) -> None:
+    async def handle(data: dict, attempt: int) -> None:
         return None
 
     consumer = await make_consumer(handle)
@@ -366,8 +362,8 @@ async def test_relay_publishes_pending_rows_once_and_marks_them(amqp_url):
 
 
 async def test_dlq_list_shows_reasons_without_removing(amqp_url, make_consumer):
-    async def handle(body: bytes, attempt: int) -> None:
-        raise PermanentError(f"bad event {event_id(body)}")
+    async def handle(data: dict, attempt: int) -> None:
+        raise PermanentError(f"bad event {data['id']}")
 
     await make_consumer(handle, permanent_errors=(PermanentError,))
     for n in range(3):
@@ -385,10 +381,10 @@ async def test_dlq_replay_redrives_into_the_sync_queue(amqp_url, make_consumer):
     broken = True
     handled: list[tuple[str, int]] = []
 
-    async def handle(body: bytes, attempt: int) -> None:
+    async def handle(data: dict, attempt: int) -> None:
         if broken:
             raise PermanentError("unknown customer")
-        handled.append((event_id(body), attempt))
+        handled.append((data["id"], attempt))
 
     await make_consumer(handle, permanent_errors=(PermanentError,))
     for n in range(3):

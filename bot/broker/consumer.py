@@ -2,7 +2,8 @@
 
 Each delivery from crm-bot.sync ends in exactly one of:
 
-- handled: ``handle(body, attempt)`` returned, the message is acked;
+- handled: ``handle(event, attempt)`` (the body parsed, once, as a JSON object) returned, the
+  message is acked;
 - dead: the body is not a UTF-8 JSON object, ``handle`` raised one of ``permanent_errors``, or
   the last of ``max_attempts`` failed: a copy goes to crm.events.dlx (confirmed) with the reason
   in ``x-crm-error``, then the original is acked;
@@ -57,8 +58,10 @@ from bot.broker.topology import (
 
 log = logging.getLogger(__name__)
 
-Handle = Callable[[bytes, int], Awaitable[None]]
-PartitionKey = Callable[[bytes], str | None]
+Event = dict[str, Any]  # a message body parsed as a JSON object
+Handle = Callable[[Event, int], Awaitable[None]]
+PartitionKey = Callable[[Event], str | None]
+Delivered = tuple[AbstractIncomingMessage, Event | None]  # None: the body is not an object
 
 
 class Consumer:
@@ -95,7 +98,7 @@ class Consumer:
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._tasks: set[asyncio.Task[None]] = set()
-        self._partitions: dict[str, deque[AbstractIncomingMessage]] = {}
+        self._partitions: dict[str, deque[Delivered]] = {}
         self.reconnects = 0  # how many times the connection was restored
 
     @property
@@ -160,22 +163,24 @@ class Consumer:
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # No await before the message is queued: deliveries are queued in arrival order.
-        key = self._key(message.body)
+        # The body is parsed here, once, for the partition key and the handler.
+        event = parse_object(message.body)
+        key = self._key(event)
         if key is None:
-            self._spawn(self._process(message))
+            self._spawn(self._process((message, event)))
             return
         backlog = self._partitions.get(key)
         if backlog is not None:
-            backlog.append(message)
+            backlog.append((message, event))
             return
-        self._partitions[key] = deque([message])
+        self._partitions[key] = deque([(message, event)])
         self._spawn(self._run_partition(key))
 
-    def _key(self, body: bytes) -> str | None:
-        if self._partition_key is None:
+    def _key(self, event: Event | None) -> str | None:
+        if self._partition_key is None or event is None:
             return None
         try:
-            return self._partition_key(body)
+            return self._partition_key(event)
         except Exception:
             return None
 
@@ -193,14 +198,15 @@ class Consumer:
         finally:
             del self._partitions[key]
 
-    async def _process(self, message: AbstractIncomingMessage) -> None:
+    async def _process(self, delivered: Delivered) -> None:
+        message, event = delivered
         metrics.events_total.labels("consumed").inc()
         attempt = header_int((message.headers or {}).get(H_ATTEMPT), 1)
-        if parse_object(message.body) is None:
+        if event is None:
             await self._dead_letter(message, "body is not a UTF-8 JSON object", attempt)
             return
         try:
-            await self._handle(message.body, attempt)
+            await self._handle(event, attempt)
         except self._permanent as exc:
             await self._dead_letter(message, short_reason(str(exc) or type(exc).__name__), attempt)
         except Exception as exc:

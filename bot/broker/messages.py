@@ -83,11 +83,10 @@ def parse_object(body: bytes) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def customer_partition_key(body: bytes) -> str | None:
+def customer_partition_key(event: dict[str, Any]) -> str | None:
     """Partition key for Consumer: the customer's external_id, so one customer's events apply
     in arrival order."""
-    event = parse_object(body)
-    customer = event.get("customer") if event else None
+    customer = event.get("customer")
     key = customer.get("external_id") if isinstance(customer, dict) else None
     return key if isinstance(key, str) else None
 
