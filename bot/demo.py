@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import secrets
@@ -150,7 +149,7 @@ class Demo:
                 await channel.close()
             return
         try:
-            await self._handle(json.dumps(event).encode(), 1)
+            await self._handle(event, 1)
         except Exception as exc:  # a demo event the handler refuses must not stop the demo
             log.warning("sample event %s (%s) not applied: %s", event["id"], event["type"], exc)
 
