@@ -14,9 +14,6 @@ Rows of the table (all in the same run, over the same events):
   every alert is its own post, the worst case) and recorded in the delivery ledger; on each
   database asked for (`--db`, both by default). Its events/s counts until every event is applied
   AND every alert posted; "all applied at" is when the last event was applied;
-- crm-bot with the default coalescing window (PostgreSQL): the same with `[sync]` as shipped,
-  so a customer's alerts in a channel within the window go out as one reply (its events/s
-  includes the wait for the last window to pass);
 - crm-bot, N replicas: the same on PostgreSQL with `--replicas` bot processes (2 by default)
   sharing the queue and the database, as a deployment scales out;
 - crm-bot paced: the per-channel pacing on its own (SlackOut at 10 posts/s/channel, burst 3).
@@ -58,9 +55,9 @@ from bench import cpu
 from bench.common import customers, table, throwaway_database
 from bot.broker import declare_topology
 from bot.broker.messages import event_message
-from bot.config import Settings, SyncRules, parse_config
+from bot.config import Settings, parse_config
 from bot.service import BotService, Tuning
-from storage.models import AlertDelivery, ProcessedEvent
+from storage.models import AlertDelivery, CustomerThread, ProcessedEvent
 
 TOKEN = "xoxb-bench-token"
 SECRET = "bench-signing-secret"
@@ -83,8 +80,9 @@ members = ["U0DAVE001"]
 name = "Finance"
 channel = "{FINANCE}"
 members = ["U0GRACE01"]
+[sync]
+coalesce_seconds = 0
 """
-NO_COALESCING = "[sync]\ncoalesce_seconds = 0\n"
 
 
 # --- events -----------------------------------------------------------------------------------
@@ -287,6 +285,18 @@ async def _counts(db) -> tuple[int, int, int]:
     return done, by_status.get("pending", 0), by_status.get("posted", 0)
 
 
+async def _messages(db) -> int:
+    """Slack messages the alerts took: one per distinct posted ts (coalesced alerts share one),
+    plus a header per customer thread."""
+    async with db.transaction() as session:
+        posted = select(AlertDelivery.channel_id, AlertDelivery.ts).where(
+            AlertDelivery.status == "posted"
+        )
+        replies = select(func.count()).select_from(posted.distinct().subquery())
+        headers = select(func.count()).select_from(CustomerThread)
+        return (await session.execute(replies)).scalar() + (await session.execute(headers)).scalar()
+
+
 def rss_mb() -> float:
     with open("/proc/self/status") as f:
         for line in f:
@@ -307,12 +317,9 @@ def _settings(url: str, api_url: str, db_url: str) -> Settings:
     )
 
 
-def _service(
-    url: str, api_url: str, db_url: str, prefetch: int, coalescing: bool = False
-) -> BotService:
+def _service(url: str, api_url: str, db_url: str, prefetch: int) -> BotService:
     tuning = Tuning(per_channel_interval=0, prefetch=prefetch)
-    config = parse_config(CONFIG if coalescing else CONFIG + NO_COALESCING)
-    return BotService(_settings(url, api_url, db_url), config, tuning)
+    return BotService(_settings(url, api_url, db_url), parse_config(CONFIG), tuning)
 
 
 async def _publish_all(url: str, n: int, n_customers: int) -> None:
@@ -336,21 +343,20 @@ async def _until_done(db, n: int, limit: float, started: float, sample=None) -> 
             break
         await asyncio.sleep(0.25)
     elapsed = time.perf_counter() - started
-    return {"elapsed": elapsed, "applied_at": applied_at, "done": done, "posted": posted}
+    return {
+        "elapsed": elapsed,
+        "applied_at": applied_at,
+        "done": done,
+        "posted": posted,
+        "messages": await _messages(db),
+    }
 
 
 async def crm_bot(
-    url: str,
-    api_url: str,
-    db_url: str,
-    n: int,
-    n_customers: int,
-    prefetch: int,
-    limit: float,
-    coalescing: bool = False,
+    url: str, api_url: str, db_url: str, n: int, n_customers: int, prefetch: int, limit: float
 ) -> dict:
     await _publish_all(url, n, n_customers)
-    service = _service(url, api_url, db_url, prefetch, coalescing)
+    service = _service(url, api_url, db_url, prefetch)
     rss = {"before": rss_mb()}
     rss["peak"] = rss["before"]
 
@@ -487,12 +493,13 @@ async def main(args: argparse.Namespace) -> None:
             cpu_rows.append([name, *(1000 * x / events for x in per_event), busy])
 
         t, spent = await bare(url, n, args.prefetch)
-        rows.append(["bare aio-pika (ack only)", n, t, n / t, "-", "-"])
+        rows.append(["bare aio-pika (ack only)", n, t, n / t, "-", "-", "-"])
         add_cpu_row(rows[-1][0], n, t, spent, {os.getpid()})
         print(rows[-1], flush=True)
         naive_n = min(n, args.naive_events or n)
         t, spent = await naive(url, api_url, naive_n)
-        rows.append(["naive (pika + WebClient per event)", naive_n, t, naive_n / t, "-", naive_n])
+        naive_row = ["naive (pika + WebClient per event)", naive_n, t, naive_n / t, "-"]
+        rows.append([*naive_row, naive_n, naive_n])
         add_cpu_row(rows[-1][0], naive_n, t, spent, {os.getpid()})
         print(rows[-1], flush=True)
         ours: list[tuple[str, dict]] = []  # (which crm-bot run, its result)
@@ -502,7 +509,7 @@ async def main(args: argparse.Namespace) -> None:
             applied = f"{r['applied_at']:.1f}" if r["applied_at"] is not None else "-"
             rate = r["done"] / r["elapsed"]
             row = [f"crm-bot end to end ({name})", r["done"], r["elapsed"], rate, applied]
-            rows.append([*row, r["posted"]])
+            rows.append([*row, r["posted"], r["messages"]])
             add_cpu_row(row[0], r["done"], r["elapsed"], r["cpu"], r["pids"])
             print(rows[-1], flush=True)
 
@@ -510,12 +517,6 @@ async def main(args: argparse.Namespace) -> None:
             async with throwaway_database(db, tmp) as db_url:
                 r = await crm_bot(url, api_url, db_url, n, args.customers, args.prefetch, 900)
             add_row(db, r)
-        if "postgresql" in args.db:  # as shipped: alerts within the window become one reply
-            async with throwaway_database("postgresql", tmp) as db_url:
-                r = await crm_bot(
-                    url, api_url, db_url, n, args.customers, args.prefetch, 900, coalescing=True
-                )
-            add_row(f"postgresql, default {SyncRules().coalesce_seconds:g} s coalescing", r)
         if args.replicas > 1 and "postgresql" in args.db:
             async with throwaway_database("postgresql", tmp) as db_url:
                 r = await crm_bot_replicas(
@@ -523,12 +524,20 @@ async def main(args: argparse.Namespace) -> None:
                 )
             add_row(f"{args.replicas} replicas, postgresql", r)
         rate = await paced(api_url)
-        rows.append(["SlackOut paced 10/s/channel (1 channel)", 30, 30 / rate, rate, "-", 30])
+        rows.append(["SlackOut paced 10/s/channel (1 channel)", 30, 30 / rate, rate, "-", 30, 30])
         ceiling, naive_rate = rows[0][3], rows[1][3]
         print()
         print(
             table(
-                ["consumer", "events", "seconds", "events/s", "all applied at s", "alerts posted"],
+                [
+                    "consumer",
+                    "events",
+                    "seconds",
+                    "events/s",
+                    "all applied at s",
+                    "alerts posted",
+                    "Slack messages",
+                ],
                 rows,
             )
         )
