@@ -39,6 +39,11 @@ outbox_published_total = Counter(
     "Outbox events published to RabbitMQ",
     registry=REGISTRY,
 )
+sync_paused = Gauge(
+    "crm_sync_paused",
+    "1 while the sync consumer takes no events because the database does not answer",
+    registry=REGISTRY,
+)
 broker_connected = Gauge(
     "crm_broker_connected",
     "1 while the RabbitMQ connection is open",

@@ -127,6 +127,7 @@ class BotService:
             retry_delays=self.config.sync.retry_delays,
             max_attempts=self.config.sync.max_attempts,
             partition_key=customer_partition_key,
+            healthy=deps.db.ping,
         )
 
         async def fetch():

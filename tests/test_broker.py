@@ -24,7 +24,7 @@ from bot.broker import (
     dlq_replay,
     publish_event,
 )
-from tests.fixtures.amqp import TEST_RETRY_DELAYS, eventually, rabbitmqctl
+from tests.fixtures.amqp import TEST_RETRY_DELAYS, depth, eventually, rabbitmqctl
 from tests.fixtures.services import IN_CI
 
 
@@ -45,17 +45,6 @@ def event(n: int, customer: str = "C-1", type_: str = "customer.upserted") -> di
 
 def outcome(name: str) -> float:
     return metrics.REGISTRY.get_sample_value("crm_sync_events_total", {"outcome": name}) or 0.0
-
-
-async def depth(url: str, queue: str) -> int:
-    """Messages ready in a queue (unacked ones are not counted)."""
-    connection = await aio_pika.connect(url)
-    try:
-        channel = await connection.channel()
-        declared = await channel.declare_queue(queue, passive=True)
-        return declared.declaration_result.message_count or 0
-    finally:
-        await connection.close()
 
 
 async def publish_many(url: str, bodies: list[bytes], routing_key: str) -> None:
@@ -149,6 +138,78 @@ async def test_transient_errors_are_retried_then_handled(amqp_url, make_consumer
     assert await depth(amqp_url, DEAD_QUEUE) == 0
     for delay in TEST_RETRY_DELAYS:
         assert await depth(amqp_url, f"{SYNC_QUEUE}.retry.{round(delay * 1000)}ms") == 0
+
+
+async def test_a_failure_while_the_health_check_answers_is_an_ordinary_retry(
+    amqp_url, make_consumer
+):
+    attempts: list[int] = []
+    checks: list[bool] = []
+
+    async def healthy() -> bool:
+        checks.append(True)
+        return True
+
+    async def handle(data: dict, attempt: int) -> None:
+        attempts.append(attempt)
+        if attempt == 1:
+            raise LookupError("its customer is not here yet")
+
+    consumer = await make_consumer(handle, healthy=healthy)
+    await publish_event(amqp_url, event(1))
+    await eventually(lambda: attempts == [1, 2])
+    assert checks == [True]  # asked once, after the failure
+    assert not consumer.paused
+
+
+async def test_while_the_health_check_fails_nothing_is_consumed_and_nothing_dead_lettered(
+    amqp_url, make_consumer
+):
+    """An outage outlasting the whole retry schedule (two attempts here): the event it hit
+    goes through the retry path once, then the consumer takes nothing until the health check
+    answers; then every event is handled, none dead-lettered."""
+    up = False
+    handled: list[tuple[str, int]] = []
+
+    async def healthy() -> bool:
+        return up
+
+    async def handle(data: dict, attempt: int) -> None:
+        if not up:
+            raise ConnectionError("database unavailable")
+        handled.append((data["id"], attempt))
+
+    consumer = await make_consumer(handle, max_attempts=2, healthy=healthy, probe_interval=0.05)
+    await publish_event(amqp_url, event(1))
+    await eventually(lambda: consumer.paused)
+    assert metrics.REGISTRY.get_sample_value("crm_sync_paused") == 1
+    for n in range(2, 6):
+        await publish_event(amqp_url, event(n, customer=f"C-{n}"))
+    # The four new events, and ev-1's retry copy once its delay passed, wait in the queue.
+    await eventually(lambda: _is(depth(amqp_url, SYNC_QUEUE), 5))
+    assert handled == []
+    up = True
+    await eventually(lambda: len(handled) == 5)
+    assert sorted(handled) == [("ev-1", 2), ("ev-2", 1), ("ev-3", 1), ("ev-4", 1), ("ev-5", 1)]
+    assert not consumer.paused
+    assert metrics.REGISTRY.get_sample_value("crm_sync_paused") == 0
+    assert await depth(amqp_url, DEAD_QUEUE) == 0
+
+
+async def test_a_stop_while_paused_ends_the_pause(amqp_url, make_consumer):
+    async def healthy() -> bool:
+        return False
+
+    async def handle(data: dict, attempt: int) -> None:
+        raise ConnectionError("database unavailable")
+
+    consumer = await make_consumer(handle, healthy=healthy, probe_interval=0.05)
+    await publish_event(amqp_url, event(1))
+    await eventually(lambda: consumer.paused)
+    await asyncio.wait_for(consumer.stop(), timeout=5)
+    assert not consumer.paused
+    assert metrics.REGISTRY.get_sample_value("crm_sync_paused") == 0
+    assert await depth(amqp_url, DEAD_QUEUE) == 0
 
 
 async def test_always_failing_message_is_dead_lettered_after_max_attempts(amqp_url, make_consumer):

@@ -13,9 +13,10 @@ import aio_pika
 import aiohttp
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from bot import metrics
-from bot.broker import EXCHANGE, dlq_list
+from bot.broker import EXCHANGE, SYNC_QUEUE, dlq_list
 from bot.broker.messages import event_message
 from bot.config import parse_config
 from bot.service import Tuning
@@ -23,7 +24,8 @@ from bot.slack_out import make_client
 from storage import outbox, shared_cards
 from storage.customers import Customers
 from storage.models import AlertDelivery, Customer, ProcessedEvent, TimelineEntry
-from tests.fixtures.amqp import rabbitmqctl
+from tests.faults.proxy import TcpProxy
+from tests.fixtures.amqp import depth, rabbitmqctl
 from tests.fixtures.bot import (
     FINANCE,
     GENERAL,
@@ -347,6 +349,51 @@ async def test_the_retry_schedule_is_the_configs(sync_bot, amqp_url):
         ("gave up after 3 attempts", 3)
     ]
     assert outcome("retried") == retried + 2
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # a server a proxy can cut
+async def test_a_database_outage_outlasting_the_retries_dead_letters_nothing(
+    db, db_url, sandbox, amqp_url
+):
+    """PostgreSQL unreachable for longer than the whole retry schedule (two attempts, 0.1 s
+    apart): the bot stops taking events until the database answers again, then applies every
+    one and posts its alerts; none is dead-lettered. Consuming on, each event would have run
+    through its two attempts into the dead letters within a second."""
+    url = make_url(db_url)
+    proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
+    await proxy.start()
+    proxied = url.set(host="127.0.0.1", port=proxy.port).render_as_string(hide_password=False)
+    schedule = "[sync]\ncoalesce_seconds = 0\nretry_delays = [0.1]\nmax_attempts = 2\n"
+    bot = await start_bot(
+        bot_settings(proxied, sandbox, amqp_url=amqp_url),
+        sandbox,
+        config=parse_config(TEST_CONFIG + schedule),
+    )
+    publisher = Publisher(amqp_url)
+    try:
+        await publisher.send(ev("customer.upserted", name="Ada"))
+        await processed(bot, 1)
+        proxy.cut()
+        await publisher.send(*(ticket(tid=f"T-{n}") for n in range(10)))
+        await eventually(lambda: bot.service.consumer.paused)
+        # All ten wait in the queue, those that failed once back from their 0.1 s retry delay.
+        await eventually(lambda: _is(depth(amqp_url, SYNC_QUEUE), 10))
+        proxy.restore()
+        await processed(bot, 11, within=30)
+        await eventually(lambda: _none_pending(bot), within=30)
+        assert await count(bot, AlertDelivery, AlertDelivery.status == "posted") == 20
+        assert len(thread_about(bot, SERVICE, "Ada")) == 1 + 10  # the header and ten alerts
+        assert await dlq_list(amqp_url) == []
+        assert not bot.service.consumer.paused
+    finally:
+        await publisher.close()
+        await bot.sim.close()
+        await bot.service.stop()
+        await proxy.stop()
+
+
+async def _is(value, expected) -> bool:
+    return await value == expected
 
 
 async def test_an_event_arriving_before_its_customer_is_applied_once_the_customer_is(

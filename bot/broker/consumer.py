@@ -15,6 +15,13 @@ Each delivery from crm-bot.sync ends in exactly one of:
 
 A copy may be published and the ack then lost with the connection, so a message can be handled
 twice: the handler is idempotent by event id. Message bodies never reach a log line.
+
+Outages: after a retried failure, ``healthy()`` (what the handler needs, e.g. the database)
+is asked once; when it does not answer, the consumer stops taking deliveries (basic.cancel: the
+broker keeps them, and the retry copies come back to the queue and wait there) and asks again,
+from ``probe_interval`` doubling up to PROBE_MAX, until it answers; then it consumes again. An
+outage costs each message at most the one attempt it was in, however long it lasts, where
+consuming on would run the whole stream through every retry into the dead letters.
 """
 
 from __future__ import annotations
@@ -62,6 +69,9 @@ Event = dict[str, Any]  # a message body parsed as a JSON object
 Handle = Callable[[Event, int], Awaitable[None]]
 PartitionKey = Callable[[Event], str | None]
 Delivered = tuple[AbstractIncomingMessage, Event | None]  # None: the body is not an object
+Healthy = Callable[[], Awaitable[bool]]
+PROBE_MAX = 30.0  # seconds between health probes while paused, at most
+PROBE_TIMEOUT = 5.0  # a probe that takes longer counts as not answering
 
 
 class Consumer:
@@ -75,6 +85,8 @@ class Consumer:
         retry_delays: tuple[float, ...] = RETRY_DELAYS,
         max_attempts: int = 5,
         partition_key: PartitionKey | None = None,
+        healthy: Healthy | None = None,
+        probe_interval: float = 1.0,
         reconnect_interval: float = 2.0,
         publish_timeout: float = 10.0,
         drain_timeout: float = 30.0,
@@ -88,6 +100,10 @@ class Consumer:
         self._delays = tuple(retry_delays)
         self._max_attempts = max_attempts
         self._partition_key = partition_key
+        self._healthy = healthy
+        self._probe_interval = probe_interval
+        self._probe: asyncio.Task[bool] | None = None  # the health check under way
+        self._resumer: asyncio.Task[None] | None = None  # set while paused
         self._reconnect_interval = reconnect_interval
         self._publish_timeout = publish_timeout
         self._drain_timeout = drain_timeout
@@ -109,6 +125,11 @@ class Consumer:
     @property
     def in_flight(self) -> int:
         return len(self._tasks)
+
+    @property
+    def paused(self) -> bool:
+        """Not taking deliveries because `healthy()` does not answer."""
+        return self._resumer is not None and not self._resumer.done()
 
     async def start(self) -> None:
         """Connect, declare the topology and start consuming; raises if the broker is down."""
@@ -137,6 +158,11 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), timeout=5)
         self._consumer_tag = None
+        if self._resumer is not None:
+            self._resumer.cancel()
+            await asyncio.gather(self._resumer, return_exceptions=True)
+            self._resumer = None
+            metrics.sync_paused.set(0)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout)
             for task in pending:
@@ -217,8 +243,61 @@ class Consumer:
                 )
             else:
                 await self._retry(message, attempt, reason)
+            await self._pause_if_unhealthy()
         else:
             await self._settle(message)
+
+    # Outages ----------------------------------------------------------------------------------
+
+    async def _pause_if_unhealthy(self) -> None:
+        if self._healthy is None or self._consumer_tag is None or await self._answers():
+            return
+        if self._consumer_tag is None:  # another failure paused meanwhile
+            return
+        tag, self._consumer_tag = self._consumer_tag, None
+        assert self._queue is not None
+        with contextlib.suppress(Exception):  # a channel gone takes its consumer with it
+            await asyncio.wait_for(self._queue.cancel(tag), timeout=5)
+        metrics.sync_paused.set(1)
+        log.warning(
+            "paused consuming %s: an event failed and the health check does not answer; asking "
+            "again every %.0f-%.0f s",
+            self._queue.name,
+            self._probe_interval,
+            PROBE_MAX,
+        )
+        self._resumer = asyncio.get_running_loop().create_task(self._resume_when_healthy())
+
+    async def _answers(self) -> bool:
+        """One health check at a time; failures arriving together share its answer."""
+        if self._probe is None or self._probe.done():
+            self._probe = asyncio.get_running_loop().create_task(self._check())
+        return await asyncio.shield(self._probe)
+
+    async def _check(self) -> bool:
+        assert self._healthy is not None
+        try:
+            return bool(await asyncio.wait_for(self._healthy(), PROBE_TIMEOUT))
+        except Exception:
+            return False
+
+    async def _resume_when_healthy(self) -> None:
+        loop = asyncio.get_running_loop()
+        paused_at, delay = loop.time(), self._probe_interval
+        assert self._queue is not None
+        while True:
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, PROBE_MAX)
+            if not await self._answers():
+                continue
+            try:
+                self._consumer_tag = await self._queue.consume(self._on_message)
+            except Exception as exc:  # the broker is away too: its reconnect comes first
+                log.info("could not consume again yet (%s)", type(exc).__name__)
+                continue
+            metrics.sync_paused.set(0)
+            log.info("consuming %s again after %.0f s", self._queue.name, loop.time() - paused_at)
+            return
 
     async def _retry(self, message: AbstractIncomingMessage, attempt: int, reason: str) -> None:
         delay = self._delays[min(attempt - 1, len(self._delays) - 1)]

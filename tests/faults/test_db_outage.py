@@ -2,8 +2,9 @@
 
 The outage hits only this test's bot: its DATABASE_URL goes through a TCP proxy in the test
 process that drops every connection and refuses new ones for OUTAGE seconds. Events whose
-transaction fails are retried through the retry queues (1 s, then 5 s) and apply once the
-database is back; commands during the outage get the one-line "did not work, try again".
+transaction fails go through the retry queues (1 s, then 5 s), the bot takes no new ones until
+the database answers again, and then applies them all; commands during the outage get the
+one-line "did not work, try again".
 
 The double window widens here: an alert Slack accepted just before the cut cannot be marked
 posted (that commit fails), so the retry posts it again. Posts are serialised per channel, so
