@@ -158,11 +158,12 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), timeout=5)
         self._consumer_tag = None
-        if self._resumer is not None:
-            self._resumer.cancel()
-            await asyncio.gather(self._resumer, return_exceptions=True)
-            self._resumer = None
-            metrics.sync_paused.set(0)
+        outage = [t for t in (self._resumer, self._probe) if t is not None]
+        for task in outage:
+            task.cancel()
+        await asyncio.gather(*outage, return_exceptions=True)
+        self._resumer = self._probe = None
+        metrics.sync_paused.set(0)
         if self._tasks:
             _, pending = await asyncio.wait(set(self._tasks), timeout=self._drain_timeout)
             for task in pending:
