@@ -56,7 +56,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     a = sub.add_parser("audit", help="the audit log")
     asub = a.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
-    asub.add_parser("verify", help="check the hash chain")
+    v = asub.add_parser("verify", help="check the hash chain")
+    v.add_argument(
+        "--head",
+        type=_audit_head,
+        default=None,
+        help="SEQ:HASH noted earlier (printed by verify, logged by the bot): must still be there",
+    )
     e = asub.add_parser("export", help="write entries as JSON lines")
     e.add_argument("--since", type=_iso_time, default=None, help="ISO date or time (UTC)")
 
@@ -67,6 +73,15 @@ def build_parser() -> argparse.ArgumentParser:
     qr = qsub.add_parser("replay", help="re-drive dead letters into the sync queue")
     qr.add_argument("--id", action="append", dest="ids", help="event id (repeatable; default all)")
     return p
+
+
+def _audit_head(text: str) -> tuple[int, str]:
+    from storage.audit import parse_head
+
+    try:
+        return parse_head(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _iso_time(text: str) -> datetime:
@@ -153,7 +168,7 @@ async def _storage_command(args, db, vault) -> int:
             print(f"rebuilt the blind indexes of {m} customers")
     elif args.command == "audit" and args.audit_command == "verify":
         async with db.transaction() as session:
-            verdict = await audit.verify(session, vault)
+            verdict = await audit.verify(session, vault, noted=args.head)
         print(verdict)
         return 0 if verdict.ok else 1
     elif args.command == "audit":

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from . import approvals, customers, departments, handoffs, home, sync
+from . import approvals, audit_witness, customers, departments, handoffs, home, sync
 from .commands import CommandRouter
 from .deps import Deps
 
@@ -23,7 +23,12 @@ def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:
 
 def background_jobs(deps: Deps) -> list:
     """(name, interval in seconds, async fn()) for each periodic job."""
-    return [*handoffs.jobs(deps), *approvals.jobs(deps), *sync.jobs(deps)]
+    return [
+        *handoffs.jobs(deps),
+        *approvals.jobs(deps),
+        *sync.jobs(deps),
+        *audit_witness.jobs(deps),
+    ]
 
 
 async def drain(deps: Deps, within: float) -> None:
@@ -32,5 +37,5 @@ async def drain(deps: Deps, within: float) -> None:
 
 
 def sync_handler(deps: Deps):
-    """(handle(body, attempt), permanent error types) for the RabbitMQ consumer."""
+    """(handle(event, attempt), permanent error types) for the RabbitMQ consumer."""
     return sync.make_handler(deps)

@@ -5,7 +5,9 @@ master key: storage.vault), over its own fields and the previous entry's hash. S
 can write the database but holds no master key cannot rewrite entries and recompute the chain
 after them. Entries written before the audit key existed (`vault.audit_keyed_from`) keep the
 plain SHA-256 of the first version. Free-text details are encrypted under the customer's data
-key (they stay chained after an erasure; they just can no longer be read).
+key (they stay chained after an erasure; they just can no longer be read). Entries cut from
+the end show only against a head (`SEQ:HASH`) noted outside the database: `verify(noted=...)`,
+and handlers/audit_witness.py, which logs the head as it moves.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -28,6 +31,8 @@ from .vault import Vault
 
 GENESIS = "0" * 64
 LOCK_ID = 7_301_001  # pg_advisory_xact_lock key that serialises appends
+Head = tuple[int, str]  # (seq, hash) of the last entry, written SEQ:HASH
+_HEAD = re.compile(r"([1-9][0-9]*):([0-9a-f]{64})")
 
 
 def _fields(entry: AuditEntry) -> dict:
@@ -96,6 +101,24 @@ async def append(
     return entry
 
 
+def parse_head(text: str) -> Head:
+    """A head as `verify` prints it and the bot logs it (`SEQ:HASH`); ValueError otherwise."""
+    match = _HEAD.fullmatch(text.strip())
+    if match is None:
+        raise ValueError("not an audit head: expected SEQ:HASH as `audit verify` prints it")
+    return int(match[1]), match[2]
+
+
+async def head(session: AsyncSession) -> Head | None:
+    """The last entry's (seq, hash), or None for an empty log."""
+    last = (
+        await session.execute(
+            select(AuditEntry.seq, AuditEntry.hash).order_by(AuditEntry.seq.desc()).limit(1)
+        )
+    ).first()
+    return (last.seq, last.hash) if last else None
+
+
 @dataclass
 class Verdict:
     ok: bool
@@ -104,24 +127,32 @@ class Verdict:
     problem: str | None = None
     head: str | None = None  # the last entry's hash, for auditors to note and compare later
     unkeyed: int = 0  # entries from before the audit key (plain hashes)
+    noted: int | None = None  # the seq of a noted head found in the chain
 
     def __str__(self) -> str:
         if self.ok:
             if self.checked == 0:
                 return "empty: no audit entries yet"
             older = f"; the first {self.unkeyed} from before it was keyed" if self.unkeyed else ""
-            return f"ok: {self.checked} entries, chain intact (last hash {self.head}{older})"
+            found = f"; the noted head {self.noted} is in it" if self.noted else ""
+            return (
+                f"ok: {self.checked} entries, chain intact{found} "
+                f"(head {self.checked}:{self.head}{older})"
+            )
         return f"broken at entry {self.bad_seq}: {self.problem} ({self.checked} entries checked)"
 
 
-async def verify(session: AsyncSession, vault: Vault, batch: int = 2000) -> Verdict:
+async def verify(
+    session: AsyncSession, vault: Vault, batch: int = 2000, noted: Head | None = None
+) -> Verdict:
     """Walk the chain in order and name the first entry that breaks it: one whose own hash does
     not match its content (edited), a gap in the sequence (removed), or one that does not
     follow the entry before it (reordered, or rewritten along with its hash).
 
-    A chain cannot show entries removed from its end: compare the reported last hash with one
-    noted earlier for that."""
+    A chain cannot show entries removed from its end by itself: `noted`, a head noted earlier
+    (printed by `verify`, logged by the bot), must still be in it, unchanged."""
     prev_hash, expected, checked = GENESIS, 1, 0
+    noted_hash = None
     async for entry in _entries(session, batch):
         if entry.seq != expected:
             return Verdict(False, checked, expected, f"entry {expected} is missing")
@@ -130,9 +161,25 @@ async def verify(session: AsyncSession, vault: Vault, batch: int = 2000) -> Verd
             return Verdict(False, checked, entry.seq, problem)
         if entry_hash(entry, vault) != entry.hash:
             return Verdict(False, checked, entry.seq, "its content was changed")
+        if noted is not None and entry.seq == noted[0]:
+            noted_hash = entry.hash
         prev_hash, expected, checked = entry.hash, expected + 1, checked + 1
+    if noted is not None:
+        seq, digest = noted
+        if checked < seq:
+            problem = f"the chain ends at entry {checked}: the entries up to the noted head {seq}"
+            return Verdict(False, checked, checked + 1, f"{problem} were removed")
+        if noted_hash != digest:
+            problem = "it is not the entry noted as the head (rewritten from there on)"
+            return Verdict(False, checked, seq, problem)
     unkeyed = min(checked, vault.audit_keyed_from - 1)
-    return Verdict(True, checked, head=prev_hash if checked else None, unkeyed=unkeyed)
+    return Verdict(
+        True,
+        checked,
+        head=prev_hash if checked else None,
+        unkeyed=unkeyed,
+        noted=noted[0] if noted else None,
+    )
 
 
 async def _entries(session: AsyncSession, batch: int, since: datetime | None = None):

@@ -5,6 +5,7 @@ On SQLite and PostgreSQL; the CLI is run once as a real process."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -13,13 +14,16 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import text, update
 
+from bot.service import Tuning
 from storage import audit
 from storage.crypto import CryptoError, KeyRing
 from storage.customers import Customers
 from storage.models import utcnow
 from storage.vault import Vault
 
+from .fixtures.bot import bot_settings, start_bot
 from .fixtures.db import KEY_LINE
+from .fixtures.slack import eventually
 
 ENTRIES = 5
 
@@ -49,9 +53,9 @@ async def chain(db, vault):
     return db
 
 
-async def verdict(db, vault) -> audit.Verdict:
+async def verdict(db, vault, noted: audit.Head | None = None) -> audit.Verdict:
     async with db.transaction() as session:
-        return await audit.verify(session, vault)
+        return await audit.verify(session, vault, noted=noted)
 
 
 async def sql(db, *statements: str) -> None:
@@ -139,6 +143,73 @@ async def test_a_tail_rewritten_without_the_master_key_is_named(chain, vault):
     assert not result.ok and result.bad_seq == 3 and "content was changed" in result.problem
 
 
+def printed_head(result: audit.Verdict) -> audit.Head:
+    """The head as `verify` prints it: (head SEQ:HASH)."""
+    return audit.parse_head(str(result).split("(head ")[1].split(")")[0])
+
+
+async def test_entries_cut_from_the_end_show_against_a_noted_head(chain, vault):
+    noted = printed_head(await verdict(chain, vault))
+    assert noted[0] == ENTRIES
+    await sql(chain, "DELETE FROM audit_log WHERE seq > 3")
+    assert (await verdict(chain, vault)).ok  # the chain alone cannot tell
+    result = await verdict(chain, vault, noted)
+    assert not result.ok and result.bad_seq == 4
+    assert (
+        result.problem
+        == "the chain ends at entry 3: the entries up to the noted head 5 were removed"
+    )
+
+
+async def test_a_chain_rewritten_with_the_key_shows_against_a_noted_head(chain, vault):
+    """Someone holding the master key can rewrite the last entry and its hash so the chain
+    verifies again; not so that it still holds the head noted before."""
+    noted = printed_head(await verdict(chain, vault))
+    async with chain.transaction() as session:
+        entry = await session.get(audit.AuditEntry, ENTRIES)
+        entry.actor = "U0MALLORY"
+        entry.hash = audit.entry_hash(entry, vault)
+    assert (await verdict(chain, vault)).ok
+    result = await verdict(chain, vault, noted)
+    assert not result.ok and result.bad_seq == ENTRIES and "not the entry noted" in result.problem
+
+
+async def test_a_noted_head_holds_as_the_chain_grows(chain, vault):
+    noted = printed_head(await verdict(chain, vault))
+    await _append(chain, vault, 2)
+    result = await verdict(chain, vault, noted)
+    assert result.ok and result.checked == ENTRIES + 2
+    assert f"the noted head {ENTRIES} is in it" in str(result)
+    assert printed_head(result)[0] == ENTRIES + 2
+
+
+@pytest.mark.parametrize("text", ["", "5", "5:", "0:" + "a" * 64, "5:" + "a" * 63, "x:" + "a" * 64])
+def test_a_head_that_is_not_seq_colon_hash_is_refused(text):
+    with pytest.raises(ValueError, match="expected SEQ:HASH"):
+        audit.parse_head(text)
+
+
+async def test_the_bot_logs_the_head_when_it_moves(chain, db_url, sandbox, vault, caplog):
+    """The running bot writes `audit head SEQ:HASH` to its log, once per head (its job runs
+    every 50 ms here): the record outside the database that `verify --head` checks against."""
+    caplog.set_level(logging.INFO, logger="handlers.audit_witness")
+    bot = await start_bot(bot_settings(db_url, sandbox), sandbox, tuning=Tuning(job_interval=0.05))
+    try:
+
+        def logged() -> list[str]:
+            return [r.getMessage() for r in caplog.records if r.name == "handlers.audit_witness"]
+
+        first = printed_head(await verdict(chain, vault))
+        await eventually(lambda: logged() == [f"audit head {first[0]}:{first[1]}"])
+        await _append(chain, vault, 2)
+        second = printed_head(await verdict(chain, vault))
+        await eventually(lambda: len(logged()) == 2)
+        assert logged() == [f"audit head {h[0]}:{h[1]}" for h in (first, second)]
+    finally:
+        await bot.sim.close()
+        await bot.service.stop()
+
+
 async def test_entries_from_before_the_key_keep_plain_hashes_and_the_cutover_is_bound(db, ring):
     """A database whose log was written before the chain was keyed: those entries still verify
     (as plain hashes), new ones are keyed, and moving the cut-over breaks the key itself."""
@@ -216,6 +287,20 @@ async def test_cli_verify_and_export(chain, db_url, tmp_path):
     lines = [json.loads(line) for line in ok.stdout.splitlines()]
     assert [e["seq"] for e in lines] == list(range(1, ENTRIES + 1))
     assert lines[0]["details"] == "reason number 1"
+    clean = crm_bot("audit", "verify")
+    assert clean.returncode == 0, clean.stderr
+    head = clean.stdout.split("(head ")[1].split(")")[0]
+    assert head.startswith(f"{ENTRIES}:")
+    refused = crm_bot("audit", "verify", "--head", "latest")
+    assert refused.returncode == 2
+    assert refused.stderr.strip().splitlines() == [
+        "crm-bot audit verify: argument --head: not an audit head: expected SEQ:HASH as "
+        "`audit verify` prints it"
+    ]
+    await sql(chain, f"DELETE FROM audit_log WHERE seq = {ENTRIES}")
+    cut = crm_bot("audit", "verify", "--head", head)
+    assert cut.returncode == 1, cut.stderr
+    assert cut.stdout.strip().startswith(f"broken at entry {ENTRIES}: the chain ends at entry")
     await sql(chain, "UPDATE audit_log SET actor = 'U0MALLORY' WHERE seq = 4")
     broken = crm_bot("audit", "verify")
     assert broken.returncode == 1, broken.stderr
