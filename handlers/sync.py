@@ -10,12 +10,12 @@ parsed as a JSON object, one customer's events in arrival order):
    skip if the event id was processed (a duplicate); upsert the customer
    with the per-source `occurred_at` rule (or erase on `customer.deleted`), add a timeline
    entry (summary sealed under the customer's key), write one `pending` row per alert channel
-   in the delivery ledger, record the event id as processed;
-3. after the commit: start posting the pending alerts (handlers/sync_delivery.py: the ledger
-   is an outbox toward Slack, so the message is acknowledged without waiting for Slack, and
-   the flush job posts what could not be posted yet), and update the customer's shared cards
-   in place (a Slack failure there raises, so the broker retries; the retry finds the event
-   processed and only redoes the cards).
+   in the delivery ledger, mark the customer's shared cards stale when the change shows on
+   them, record the event id as processed;
+3. after the commit: start posting the pending alerts and updating the stale cards in place
+   (handlers/sync_delivery.py: the ledger and the stale marks are an outbox toward Slack, so
+   the message is acknowledged without waiting for Slack, and the flush job does later what
+   Slack could not take now).
 
 Decisions where the contract is silent:
 
@@ -43,7 +43,7 @@ import json
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cache
 from importlib import resources
@@ -213,7 +213,7 @@ class Sync:
             # posts later), so a slow or failing Slack never holds up the consumer.
             self.delivery.start(applied.customer_id)
         if applied.cards:
-            await self.delivery.refresh_cards(applied.customer_id)
+            self.delivery.start_cards(applied.customer_id)
 
     async def apply(self, event: dict[str, Any]) -> Applied:
         """Apply an event. Events waiting at the same time (other customers': one customer's
@@ -267,6 +267,7 @@ class Sync:
                         results.append(exc)
             await customers.write_batch()
             await batch.writes.write(session)
+            await shared_cards.mark_stale(session, batch.stale_cards)
         return results
 
     async def _apply_one(self, batch: _Batch, event: dict[str, Any], done: bool) -> Applied:
@@ -307,6 +308,8 @@ class Sync:
         routed = await self._add_alerts(batch, customer, event, summary)
         batch.writes.mark_processed(event_id, kind, outcome)
         cards = bool(changed & CARD_FIELDS) and customer.id in batch.with_cards
+        if cards:
+            batch.stale_cards.add(customer.id)
         return Applied(outcome, customer.id, alerts=routed, cards=cards)
 
     async def _already_done(self, session, customers: Customers, external_id: str) -> Applied:
@@ -316,7 +319,7 @@ class Sync:
         if customer is None:
             return Applied(DUPLICATE)
         pending = await ledger.has_pending(session, customer.id)
-        cards = bool(await shared_cards.for_customer(session, customer.id))
+        cards = any(c.stale for c in await shared_cards.for_customer(session, customer.id))
         return Applied(DUPLICATE, customer.id, alerts=pending, cards=cards)
 
     async def _erase(
@@ -374,6 +377,7 @@ class _Batch:
     writes: ledger.Writes
     with_cards: set[uuid.UUID]  # the batch's customers that have shared cards
     channels: dict[str, str] | None = None  # department -> channel, loaded when first needed
+    stale_cards: set[uuid.UUID] = field(default_factory=set)  # whose cards a change shows on
 
 
 def parse_time_or(text: str | None, default: datetime) -> datetime:
@@ -405,6 +409,7 @@ async def drain(deps: Deps, within: float) -> None:
 
 
 def jobs(deps: Deps) -> list:
-    """Posts alerts held back by the coalescing window, and any left by a failed post."""
+    """Posts alerts held back by the coalescing window, and any left by a failed post; updates
+    shared cards Slack could not update when their record changed."""
     delivery = syncer(deps).delivery
     return [("sync-alerts", delivery.flush_interval, delivery.flush)]

@@ -25,6 +25,9 @@ comes from. `deliver(customer)` posts a customer's pending alerts, each channel 
   They wait as pending rows in the database, so a restart loses none; the flush job
   (`jobs()`) posts them once due. 200 updates in a minute make at most
   1 + 60 / coalesce_seconds messages per channel.
+- live cards: a change a shared card shows marks it stale (in the sync transaction); it is
+  updated in place (chat.update) right after, and marked shown; the flush job updates what
+  is still stale (Slack failed, or the process stopped first).
 - failures: a transient Slack error (429 after retries, 5xx, connection) leaves the rows
   pending and is raised at the end, so the consumer retries the event (and the job tries
   again); a permanent one (channel_not_found, is_archived, ...) marks the rows `failed` with
@@ -37,6 +40,7 @@ import asyncio
 import itertools
 import logging
 import uuid
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from functools import cached_property
@@ -89,6 +93,7 @@ class Delivery:
         self._recorder: asyncio.Task[None] | None = None
         self.owner = str(uuid.uuid4())  # this process, in the delivery leases
         self._started: set[asyncio.Task[None]] = set()
+        self._refreshing: set[uuid.UUID] = set()  # customers whose cards are being updated
         # (customer, channel) -> when an alert was last posted there; entries older than the
         # window are pruned by the flush job, so this holds only the customers active now.
         self.recent: dict[tuple[uuid.UUID, str], datetime] = {}
@@ -108,14 +113,22 @@ class Delivery:
     def start(self, customer_id: uuid.UUID) -> None:
         """Deliver this customer's pending alerts in the background; failures are left to the
         flush job (the rows stay pending)."""
-        task = asyncio.get_running_loop().create_task(self.deliver(customer_id))
+        self._background(self.deliver(customer_id))
+
+    def start_cards(self, customer_id: uuid.UUID) -> None:
+        """Update this customer's stale cards in the background; failures are left to the
+        flush job (the cards stay stale)."""
+        self._background(self.refresh_cards(customer_id))
+
+    def _background(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
         self._started.add(task)
         task.add_done_callback(self._started_done)
 
     def _started_done(self, task: asyncio.Task[None]) -> None:
         self._started.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.info("alerts wait for the flush job (%s)", type(task.exception()).__name__)
+            log.info("the flush job takes over (%s)", type(task.exception()).__name__)
 
     async def deliver(self, customer_id: uuid.UUID) -> None:
         """Post what is pending and due for this customer; raise its first transient error.
@@ -327,6 +340,13 @@ class Delivery:
         failed = [r for r in results if isinstance(r, Exception)]
         if failed:
             log.info("%d customers' alerts wait (%s)", len(failed), type(failed[0]).__name__)
+        async with self.deps.db.transaction() as session:
+            stale = await shared_cards.stale_customers(session)
+        stale = [c for c in stale if c not in self._refreshing]
+        results = await asyncio.gather(*map(self.refresh_cards, stale), return_exceptions=True)
+        failed = [r for r in results if isinstance(r, Exception)]
+        if failed:
+            log.info("%d customers' cards wait (%s)", len(failed), type(failed[0]).__name__)
 
     def _prune(self) -> None:
         horizon = self.deps.clock() - timedelta(seconds=self.window)
@@ -336,23 +356,32 @@ class Delivery:
     # --- live cards ---------------------------------------------------------------------------
 
     async def refresh_cards(self, customer_id: uuid.UUID) -> None:
-        """Update every card of this customer shared to a channel (chat.update), so none shows
-        stale data. Transient failures raise (the event is retried); a card whose message is
-        gone is skipped."""
+        """Update this customer's stale cards (chat.update), so no channel shows stale data,
+        and mark them shown. A transient failure raises and leaves the rest stale (the flush
+        job tries again); a card Slack refuses for good (its message deleted) is given up."""
         async with self.deps.db.transaction() as session:
-            cards = await shared_cards.for_customer(session, customer_id)
+            cards = [c for c in await shared_cards.for_customer(session, customer_id) if c.stale]
             customer = await session.get(Customer, customer_id)
             if not cards or customer is None:
                 return
             record = read_record(self.deps.vault, customer)
         text, blocks = redacted_card(record)
-        for card in cards:
-            try:
-                await self.deps.slack.update(card.channel_id, card.ts, text, blocks)
-            except SlackError as exc:
-                if exc.transient:
-                    raise
-                log.warning("shared card %s not updated: %s", card.id, exc.kind)
+        shown: list[tuple[uuid.UUID, int]] = []
+        self._refreshing.add(customer_id)
+        try:
+            for card in cards:
+                try:
+                    await self.deps.slack.update(card.channel_id, card.ts, text, blocks)
+                except SlackError as exc:
+                    if exc.transient:
+                        raise
+                    log.warning("shared card %s not updated: %s", card.id, exc.kind)
+                shown.append((card.id, card.stale))
+        finally:
+            self._refreshing.discard(customer_id)
+            if shown:
+                async with self.deps.db.transaction() as session:
+                    await shared_cards.mark_shown(session, shown)
 
 
 class _About:

@@ -188,6 +188,9 @@ class SharedCard(Base):
     ts: Mapped[str] = mapped_column(String(32))
     shared_by: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # Changes to the record this card does not show yet: raised in the transaction that makes
+    # one, cleared once chat.update went through (unless raised again meanwhile).
+    stale: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class TimelineEntry(Base):

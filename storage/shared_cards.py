@@ -1,10 +1,14 @@
-"""Customer cards shared to channels, remembered so they can be kept up to date."""
+"""Customer cards shared to channels, remembered so they can be kept up to date.
+
+A change a card shows marks the customer's cards `stale` in the transaction that makes it; the
+card is `shown` once chat.update went through. So a card Slack could not update then (an
+outage, a crash) is still known to be out of date, and the flush job updates it later."""
 
 from __future__ import annotations
 
 import uuid
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import SharedCard
@@ -29,3 +33,30 @@ async def customers_with_cards(
         return set()
     stmt = select(SharedCard.customer_id).where(SharedCard.customer_id.in_(customer_ids))
     return set((await session.execute(stmt.distinct())).scalars())
+
+
+async def mark_stale(session: AsyncSession, customer_ids: set[uuid.UUID]) -> None:
+    """These customers' cards no longer show their record as it is."""
+    if customer_ids:
+        await session.execute(
+            update(SharedCard)
+            .where(SharedCard.customer_id.in_(customer_ids))
+            .values(stale=SharedCard.stale + 1)
+        )
+
+
+async def mark_shown(session: AsyncSession, seen: list[tuple[uuid.UUID, int]]) -> None:
+    """Cards updated with the record as it was when their staleness was `seen`: current, unless
+    a change marked them again meanwhile."""
+    for card_id, stale in seen:
+        await session.execute(
+            update(SharedCard)
+            .where(SharedCard.id == card_id, SharedCard.stale == stale)
+            .values(stale=0)
+        )
+
+
+async def stale_customers(session: AsyncSession, limit: int = 200) -> list[uuid.UUID]:
+    """Customers with a card not showing their record as it is."""
+    stmt = select(SharedCard.customer_id).where(SharedCard.stale > 0).distinct().limit(limit)
+    return list((await session.execute(stmt)).scalars())

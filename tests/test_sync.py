@@ -525,6 +525,39 @@ async def test_shared_cards_are_updated_in_place(sync_bot):
     assert len(bot.store.history(GENERAL, posted["ts"])) == edits
 
 
+async def test_a_card_change_outlasting_slacks_failures_is_shown_and_dead_letters_nothing(
+    sync_bot, sandbox, amqp_url
+):
+    """chat.update failing for longer than the event's whole retry schedule (two attempts): the
+    event is applied and acknowledged, its card stays marked stale, and the flush job updates
+    it once Slack answers again; nothing is dead-lettered."""
+    bot = await sync_bot("[sync]\ncoalesce_seconds = 0\nretry_delays = [0.1]\nmax_attempts = 2\n")
+    await bot.publish(ev("customer.upserted", name="Ada", tier="smb"))
+    await processed(bot, 1)
+    posted = await bot.deps.slack.post(GENERAL, "Ada: tier smb")
+    async with bot.deps.db.transaction() as session:
+        customer = await Customers(session, bot.deps.vault).by_external_id("C-1")
+        shared_cards.remember(session, customer.id, GENERAL, posted["ts"], "U0ALICE01")
+    sandbox.fail("chat.update", status=503, times=12)  # three calls, with slack_sdk's retries
+    await bot.publish(ev("customer.upserted", tier="strategic"))
+    await processed(bot, 2)
+    await eventually(
+        lambda: (
+            "strategic" in block_texts(bot.store.message(GENERAL, posted["ts"]).get("blocks") or [])
+        ),
+        within=20,
+    )
+    assert sandbox.faults.scripted[0].times == 0  # the failures did happen
+    await eventually(lambda: _card_stale(bot, customer.id, 0))  # marked shown once updated
+    assert await dlq_list(amqp_url) == []
+
+
+async def _card_stale(bot: Harness, customer_id, expected: int) -> bool:
+    async with bot.deps.db.transaction() as session:
+        [card] = await shared_cards.for_customer(session, customer_id)
+    return card.stale == expected
+
+
 async def test_outbox_rows_reach_a_handoff_queue_once_each(sync_bot, amqp_url):
     connection = await aio_pika.connect(amqp_url)
     channel = await connection.channel()
