@@ -328,25 +328,16 @@ class Delivery:
             self.recent[(about.id, channel)] = self.deps.clock()
 
     async def flush(self) -> None:
-        """The job: post every customer's pending alerts that are due."""
+        """The job: post every customer's pending alerts that are due, and update the cards
+        still stale."""
         self._prune()
         async with self.deps.db.transaction() as session:
             customer_ids = await ledger.customers_with_pending(session)
-        # Customers queued or being posted for already are left to that delivery.
-        busy = self._round | set(self._waiting)
-        results = await asyncio.gather(
-            *(self.deliver(c) for c in customer_ids if c not in busy), return_exceptions=True
-        )
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:
-            log.info("%d customers' alerts wait (%s)", len(failed), type(failed[0]).__name__)
-        async with self.deps.db.transaction() as session:
             stale = await shared_cards.stale_customers(session)
-        stale = [c for c in stale if c not in self._refreshing]
-        results = await asyncio.gather(*map(self.refresh_cards, stale), return_exceptions=True)
-        failed = [r for r in results if isinstance(r, Exception)]
-        if failed:
-            log.info("%d customers' cards wait (%s)", len(failed), type(failed[0]).__name__)
+        # Customers queued or being posted for (or their cards updated) are left to that work.
+        busy = self._round | set(self._waiting)
+        await _each("alerts", [self.deliver(c) for c in customer_ids if c not in busy])
+        await _each("cards", [self.refresh_cards(c) for c in stale if c not in self._refreshing])
 
     def _prune(self) -> None:
         horizon = self.deps.clock() - timedelta(seconds=self.window)
@@ -396,6 +387,14 @@ class _About:
     @cached_property
     def record(self) -> CustomerRecord:
         return read_record(self._vault, self._customer)
+
+
+async def _each(what: str, work: list[Coroutine[object, object, None]]) -> None:
+    """Run the customers' work together; what fails waits for the next round (logged)."""
+    results = await asyncio.gather(*work, return_exceptions=True)
+    failed = [r for r in results if isinstance(r, Exception)]
+    if failed:
+        log.info("%d customers' %s wait (%s)", len(failed), what, type(failed[0]).__name__)
 
 
 def settle(futures, outcome: object) -> None:
