@@ -38,6 +38,10 @@ async def customers_with_cards(
 async def mark_stale(session: AsyncSession, customer_ids: set[uuid.UUID]) -> None:
     """These customers' cards no longer show their record as it is."""
     if customer_ids:
+        # The rows locked in id order first, as mark_shown takes them: the two cannot deadlock
+        # (a batch's UPDATE alone locks them in whatever order it finds them).
+        ids = select(SharedCard.id).where(SharedCard.customer_id.in_(customer_ids))
+        await session.execute(ids.order_by(SharedCard.id).with_for_update(key_share=True))
         await session.execute(
             update(SharedCard)
             .where(SharedCard.customer_id.in_(customer_ids))
@@ -48,7 +52,7 @@ async def mark_stale(session: AsyncSession, customer_ids: set[uuid.UUID]) -> Non
 async def mark_shown(session: AsyncSession, seen: list[tuple[uuid.UUID, int]]) -> None:
     """Cards updated with the record as it was when their staleness was `seen`: current, unless
     a change marked them again meanwhile."""
-    for card_id, stale in seen:
+    for card_id, stale in sorted(seen):
         await session.execute(
             update(SharedCard)
             .where(SharedCard.id == card_id, SharedCard.stale == stale)
