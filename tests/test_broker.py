@@ -463,6 +463,40 @@ async def test_dlq_replay_redrives_into_the_sync_queue(amqp_url, make_consumer):
     assert await depth(amqp_url, DEAD_QUEUE) == 0
 
 
+async def test_a_relay_failing_round_after_round_warns_once_and_publishes_when_it_can(
+    amqp_url, caplog
+):
+    """The database away for a while: one warning for the whole streak (the rounds back off),
+    one line when it works again, and the rows are published then."""
+    row = OutboxMessage("row-1", "handoff.requested", b"{}", "ev-1")
+    marked: list[str] = []
+    fetches = 0
+
+    async def fetch_batch() -> list[OutboxMessage]:
+        nonlocal fetches
+        fetches += 1
+        if fetches <= 4:
+            raise ConnectionError("database unavailable")
+        return [row] if not marked else []
+
+    async def mark_published(ids: list[str]) -> None:
+        marked.extend(ids)
+
+    caplog.set_level(logging.INFO, logger="bot.broker.relay")
+    relay = OutboxRelay(amqp_url, fetch_batch, mark_published, poll_interval=0.01)
+    await relay.start()
+    try:
+        await eventually(lambda: marked == ["row-1"])
+    finally:
+        await relay.stop()
+    lines = [r.getMessage() for r in caplog.records if r.name == "bot.broker.relay"]
+    assert lines == [
+        "outbox relay round failed (ConnectionError); retrying, less often while it fails",
+        "outbox: published 1 events",
+        "outbox relay works again after 4 failed rounds",
+    ]
+
+
 async def test_relay_survives_a_dropped_connection(amqp_url, amqp_vhost):
     rows: list[OutboxMessage] = []
     marked: list[str] = []

@@ -23,6 +23,8 @@ from bot.broker.topology import EXCHANGE
 
 log = logging.getLogger(__name__)
 
+MAX_BACKOFF = 30.0  # seconds between rounds at most while they fail
+
 
 @dataclass(frozen=True)
 class OutboxMessage:
@@ -123,15 +125,30 @@ class OutboxRelay:
         return len(batch)
 
     async def _run(self) -> None:
+        failed = 0  # rounds failed in a row: the wait doubles (up to MAX_BACKOFF), one warning
         while not self._stopping:
             try:
-                if await self.relay_once():
-                    continue  # there may be more rows: fetch again at once
+                published = await self.relay_once()
             except Exception as exc:
-                log.warning("outbox relay round failed (%s); retrying later", type(exc).__name__)
+                failed += 1
+                if failed == 1:
+                    log.warning(
+                        "outbox relay round failed (%s); retrying, less often while it fails",
+                        type(exc).__name__,
+                    )
+                published = 0
+            else:
+                if failed:
+                    log.info("outbox relay works again after %d failed rounds", failed)
+                failed = 0
+            if published:
+                continue  # there may be more rows: fetch again at once
             if self._stopping:
                 break
+            wait = min(
+                self._poll_interval * 2 ** min(failed, 16), max(MAX_BACKOFF, self._poll_interval)
+            )
             # A wake() during the round above is still set: the next round starts at once.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self._poll_interval)
+                await asyncio.wait_for(self._wake.wait(), timeout=wait)
             self._wake.clear()
