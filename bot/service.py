@@ -58,6 +58,27 @@ async def check_app_token(client: AsyncWebClient, app_token: str) -> None:
         raise
 
 
+async def run_every(name: str, interval: float, fn) -> None:
+    """Run a periodic job until cancelled. A failing run is logged with its traceback once
+    per streak (a database outage would otherwise log one every interval), and the first
+    run that works again says so."""
+    failed = 0
+    while True:
+        try:
+            await fn()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            failed += 1
+            if failed == 1:
+                log.exception("job %s failed; it runs again every %ss", name, interval)
+        else:
+            if failed:
+                log.info("job %s works again after %d failed runs", name, failed)
+            failed = 0
+        await asyncio.sleep(interval)
+
+
 class BotService:
     def __init__(self, settings: Settings, config: CrmConfig, tuning: Tuning | None = None):
         self.settings = settings
@@ -91,7 +112,7 @@ class BotService:
             log.info("AMQP_URL is not set: the sync consumer and outbox relay are off")
         for name, interval, fn in jobs(deps):
             every = self.tuning.job_interval or interval
-            self._tasks.append(asyncio.create_task(self._every(name, every, fn), name=name))
+            self._tasks.append(asyncio.create_task(run_every(name, every, fn), name=name))
         if s.slack_app_token:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
@@ -151,16 +172,6 @@ class BotService:
         deps.wake_outbox = self.relay.wake
         await self.consumer.start()
         await self.relay.start()
-
-    async def _every(self, name: str, interval: float, fn) -> None:
-        while True:
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                raise
-            except Exception:
-                log.exception("job %s failed; it runs again in %ss", name, interval)
-            await asyncio.sleep(interval)
 
     async def readiness(self) -> dict[str, bool]:
         checks = {"database": bool(self.deps) and await self.deps.db.ping()}

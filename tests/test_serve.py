@@ -1,9 +1,10 @@
 """`crm-bot serve` as a real process: one-line refusals with exit code 2, and a clean stop on
-SIGTERM after serving Slack's requests."""
+SIGTERM after serving Slack's requests; and how its periodic jobs report failing runs."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import signal
 import socket
@@ -13,6 +14,7 @@ from pathlib import Path
 import aiohttp
 
 from bot.sandbox import SlackClientSim
+from bot.service import run_every
 from storage.db import Database
 from storage.migrate import upgrade
 from tests.fixtures.bot import ALICE, SALES, TEST_CONFIG
@@ -126,3 +128,29 @@ async def test_serves_until_sigterm_then_exits_cleanly(tmp_path, sandbox):
     assert code == 0, err
     assert "crm-bot stopped" in err
     assert "Traceback" not in err
+
+
+async def test_a_job_failing_run_after_run_is_logged_once_with_its_traceback(caplog):
+    """A database outage makes every run of the periodic jobs fail: one error with the
+    traceback for the streak, one line when a run works again, not a traceback a second."""
+    runs = 0
+
+    async def job() -> None:
+        nonlocal runs
+        runs += 1
+        if runs <= 3:
+            raise ConnectionError("database unavailable")
+
+    caplog.set_level(logging.INFO, logger="bot.service")
+    task = asyncio.create_task(run_every("sync-alerts", 0.01, job))
+    try:
+        await eventually(lambda: runs >= 6)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+    records = [r for r in caplog.records if r.name == "bot.service"]
+    assert [(r.levelname, r.getMessage()) for r in records] == [
+        ("ERROR", "job sync-alerts failed; it runs again every 0.01s"),
+        ("INFO", "job sync-alerts works again after 3 failed runs"),
+    ]
+    assert records[0].exc_info is not None
