@@ -70,7 +70,7 @@ Handle = Callable[[Event, int], Awaitable[None]]
 PartitionKey = Callable[[Event], str | None]
 Delivered = tuple[AbstractIncomingMessage, Event | None]  # None: the body is not an object
 Healthy = Callable[[], Awaitable[bool]]
-PROBE_MAX = 30.0  # seconds between health probes while paused, at most
+PROBE_MAX = 5.0  # seconds between health probes while paused, at most (the lag after an outage)
 PROBE_TIMEOUT = 5.0  # a probe that takes longer counts as not answering
 
 

@@ -23,7 +23,7 @@ from bot.broker.topology import EXCHANGE
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 30.0  # seconds between rounds at most while they fail
+MAX_BACKOFF = 5.0  # seconds between rounds at most while they fail
 
 
 @dataclass(frozen=True)
