@@ -7,8 +7,9 @@ Each delivery from crm-bot.sync ends in exactly one of:
 - dead: the body is not a UTF-8 JSON object, ``handle`` raised one of ``permanent_errors``, or
   the last of ``max_attempts`` failed: a copy goes to crm.events.dlx (confirmed) with the reason
   in ``x-crm-error``, then the original is acked;
-- retried: ``handle`` raised anything else: a copy with ``x-crm-attempt`` = n + 1 goes to the
-  retry queue for that attempt (confirmed), then the original is acked;
+- retried: ``handle`` raised anything else: a copy with ``x-crm-attempt`` = n + 1 (n during an
+  outage, below) goes to the retry queue for that attempt (confirmed), then the original is
+  acked;
 - left for redelivery: when the copy cannot be published (broker gone) the original is not
   acked; RabbitMQ delivers it again, and ``x-delivery-limit`` dead-letters it on the broker side
   if that keeps happening.
@@ -16,12 +17,13 @@ Each delivery from crm-bot.sync ends in exactly one of:
 A copy may be published and the ack then lost with the connection, so a message can be handled
 twice: the handler is idempotent by event id. Message bodies never reach a log line.
 
-Outages: after a retried failure, ``healthy()`` (what the handler needs, e.g. the database)
-is asked once; when it does not answer, the consumer stops taking deliveries (basic.cancel: the
-broker keeps them, and the retry copies come back to the queue and wait there) and asks again,
-from ``probe_interval`` doubling up to PROBE_MAX, until it answers; then it consumes again. An
-outage costs each message at most the one attempt it was in, however long it lasts, where
-consuming on would run the whole stream through every retry into the dead letters.
+Outages: when ``handle`` fails for a passing reason, ``healthy()`` (what the handler needs,
+e.g. the database) is asked; when it does not answer, the failure is not the event's: its copy
+goes to the retry queue with the same attempt number, and the consumer stops taking deliveries
+(basic.cancel: the broker keeps them, and the retry copies come back to the queue and wait
+there) and asks again, from ``probe_interval`` doubling up to PROBE_MAX, until it answers; then
+it consumes again. An outage, however long, costs no event an attempt or puts it in the dead
+letters, where consuming on would run the whole stream through every retry into them.
 """
 
 from __future__ import annotations
@@ -238,22 +240,28 @@ class Consumer:
             await self._dead_letter(message, short_reason(str(exc) or type(exc).__name__), attempt)
         except Exception as exc:
             reason = short_reason(f"{type(exc).__name__}: {exc}")
-            if attempt >= self._max_attempts:
+            if await self._outage():  # not the event's fault: the attempt does not count
+                await self._retry(message, attempt, reason, counted=False)
+                await self._pause()
+            elif attempt >= self._max_attempts:
                 await self._dead_letter(
                     message, short_reason(f"gave up after {attempt} attempts: {reason}"), attempt
                 )
             else:
                 await self._retry(message, attempt, reason)
-            await self._pause_if_unhealthy()
         else:
             await self._settle(message)
 
     # Outages ----------------------------------------------------------------------------------
 
-    async def _pause_if_unhealthy(self) -> None:
-        if self._healthy is None or self._consumer_tag is None or await self._answers():
-            return
-        if self._consumer_tag is None:  # another failure paused meanwhile
+    async def _outage(self) -> bool:
+        """What the handler needs is down: paused for it already, or `healthy()` fails now."""
+        if self._healthy is None:
+            return False
+        return self.paused or not await self._answers()
+
+    async def _pause(self) -> None:
+        if self._consumer_tag is None:  # paused by another failure meanwhile, or stopping
             return
         tag, self._consumer_tag = self._consumer_tag, None
         assert self._queue is not None
@@ -300,12 +308,14 @@ class Consumer:
             log.info("consuming %s again after %.0f s", self._queue.name, loop.time() - paused_at)
             return
 
-    async def _retry(self, message: AbstractIncomingMessage, attempt: int, reason: str) -> None:
+    async def _retry(
+        self, message: AbstractIncomingMessage, attempt: int, reason: str, counted: bool = True
+    ) -> None:
         delay = self._delays[min(attempt - 1, len(self._delays) - 1)]
         copy = copy_message(
             message,
             set_headers={
-                H_ATTEMPT: attempt + 1,
+                H_ATTEMPT: attempt + 1 if counted else attempt,
                 H_ROUTING_KEY: original_routing_key(message),
                 H_LAST_ERROR: reason,
             },
@@ -315,9 +325,10 @@ class Consumer:
         if await self._publish_copy(message, exchange.publish(copy, retry_queue_name(delay))):
             metrics.events_total.labels("retried").inc()
             log.info(
-                "retrying message %s (attempt %d failed, next in %.1fs): %s",
+                "retrying message %s (attempt %d failed%s, next in %.1fs): %s",
                 message.message_id,
                 attempt,
+                "" if counted else ", not counted: an outage",
                 delay,
                 reason.split(":", 1)[0],
             )
