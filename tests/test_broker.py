@@ -196,6 +196,32 @@ async def test_while_the_health_check_fails_nothing_is_consumed_and_nothing_dead
     assert await depth(amqp_url, DEAD_QUEUE) == 0
 
 
+async def test_an_event_failing_with_an_outage_every_time_counts_after_max_outages(
+    amqp_url, make_consumer
+):
+    """An event that breaks the database each time it is applied: the check fails after each
+    failure and answers again before the consumer resumes. Its first `max_outages` failures
+    are not counted; then they are, and it is dead-lettered instead of looping for ever."""
+    checks = 0
+    calls: list[int] = []
+
+    async def healthy() -> bool:
+        nonlocal checks
+        checks += 1
+        return checks % 2 == 0  # down right after a failure, back when asked again
+
+    async def handle(data: dict, attempt: int) -> None:
+        calls.append(attempt)
+        raise ConnectionError("database unavailable")
+
+    await make_consumer(handle, max_attempts=1, max_outages=2, healthy=healthy, probe_interval=0.05)
+    await publish_event(amqp_url, event(1))
+    await eventually(lambda: depth(amqp_url, DEAD_QUEUE))
+    [letter] = await dlq_list(amqp_url)
+    assert letter.reason == "gave up after 1 attempts: ConnectionError: database unavailable"
+    assert calls == [1, 1, 1]
+
+
 async def test_a_stop_while_paused_ends_the_pause(amqp_url, make_consumer):
     async def healthy() -> bool:
         return False

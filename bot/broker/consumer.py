@@ -23,7 +23,8 @@ goes to the retry queue with the same attempt number, and the consumer stops tak
 (basic.cancel: the broker keeps them, and the retry copies come back to the queue and wait
 there) and asks again, from ``probe_interval`` doubling up to PROBE_MAX, until it answers; then
 it consumes again. An outage, however long, costs no event an attempt or puts it in the dead
-letters, where consuming on would run the whole stream through every retry into them.
+letters, where consuming on would run the whole stream through every retry into them. After
+``max_outages`` such failures (``x-crm-outages``) an event's failures count again.
 """
 
 from __future__ import annotations
@@ -58,6 +59,7 @@ from bot.broker.topology import (
     H_ATTEMPTS,
     H_ERROR,
     H_LAST_ERROR,
+    H_OUTAGES,
     H_ROUTING_KEY,
     RETRY_DELAYS,
     Topology,
@@ -74,6 +76,9 @@ Delivered = tuple[AbstractIncomingMessage, Event | None]  # None: the body is no
 Healthy = Callable[[], Awaitable[bool]]
 PROBE_MAX = 5.0  # seconds between health probes while paused, at most (the lag after an outage)
 PROBE_TIMEOUT = 5.0  # a probe that takes longer counts as not answering
+# Failures during outages an event may have before they count: an event that itself brought
+# the database down again and again would otherwise never end.
+MAX_OUTAGES = 20
 
 
 class Consumer:
@@ -89,6 +94,7 @@ class Consumer:
         partition_key: PartitionKey | None = None,
         healthy: Healthy | None = None,
         probe_interval: float = 1.0,
+        max_outages: int = MAX_OUTAGES,
         reconnect_interval: float = 2.0,
         publish_timeout: float = 10.0,
         drain_timeout: float = 30.0,
@@ -104,6 +110,7 @@ class Consumer:
         self._partition_key = partition_key
         self._healthy = healthy
         self._probe_interval = probe_interval
+        self._max_outages = max_outages
         self._probe: asyncio.Task[bool] | None = None  # the health check under way
         self._resumer: asyncio.Task[None] | None = None  # set while paused
         self._reconnect_interval = reconnect_interval
@@ -230,7 +237,8 @@ class Consumer:
     async def _process(self, delivered: Delivered) -> None:
         message, event = delivered
         metrics.events_total.labels("consumed").inc()
-        attempt = header_int((message.headers or {}).get(H_ATTEMPT), 1)
+        headers = message.headers or {}
+        attempt = header_int(headers.get(H_ATTEMPT), 1)
         if event is None:
             await self._dead_letter(message, "body is not a UTF-8 JSON object", attempt)
             return
@@ -240,8 +248,9 @@ class Consumer:
             await self._dead_letter(message, short_reason(str(exc) or type(exc).__name__), attempt)
         except Exception as exc:
             reason = short_reason(f"{type(exc).__name__}: {exc}")
-            if await self._outage():  # not the event's fault: the attempt does not count
-                await self._retry(message, attempt, reason, counted=False)
+            outages = header_int(headers.get(H_OUTAGES), 0)
+            if outages < self._max_outages and await self._outage():  # not the event's fault
+                await self._retry(message, attempt, reason, outages=outages + 1)
                 await self._pause()
             elif attempt >= self._max_attempts:
                 await self._dead_letter(
@@ -309,17 +318,19 @@ class Consumer:
             return
 
     async def _retry(
-        self, message: AbstractIncomingMessage, attempt: int, reason: str, counted: bool = True
+        self, message: AbstractIncomingMessage, attempt: int, reason: str, outages: int = 0
     ) -> None:
+        """A copy to the retry queue: the next attempt, or the same one again when the failure
+        came with an outage (`outages`: how many so far)."""
         delay = self._delays[min(attempt - 1, len(self._delays) - 1)]
-        copy = copy_message(
-            message,
-            set_headers={
-                H_ATTEMPT: attempt + 1 if counted else attempt,
-                H_ROUTING_KEY: original_routing_key(message),
-                H_LAST_ERROR: reason,
-            },
-        )
+        headers = {
+            H_ATTEMPT: attempt if outages else attempt + 1,
+            H_ROUTING_KEY: original_routing_key(message),
+            H_LAST_ERROR: reason,
+        }
+        if outages:
+            headers[H_OUTAGES] = outages
+        copy = copy_message(message, set_headers=headers)
         assert self._publish_channel is not None
         exchange = self._publish_channel.default_exchange
         if await self._publish_copy(message, exchange.publish(copy, retry_queue_name(delay))):
@@ -328,7 +339,7 @@ class Consumer:
                 "retrying message %s (attempt %d failed%s, next in %.1fs): %s",
                 message.message_id,
                 attempt,
-                "" if counted else ", not counted: an outage",
+                ", not counted: an outage" if outages else "",
                 delay,
                 reason.split(":", 1)[0],
             )

@@ -61,7 +61,8 @@ H_ROUTING_KEY = "x-crm-routing-key"  # the event's original routing key (retries
 H_LAST_ERROR = "x-crm-last-error"  # why the previous attempt failed (retry copies)
 H_ERROR = "x-crm-error"  # why the message is dead (dead-letter copies)
 H_ATTEMPTS = "x-crm-attempts"  # attempts made before dead-lettering
-CRM_HEADERS = (H_ATTEMPT, H_ROUTING_KEY, H_LAST_ERROR, H_ERROR, H_ATTEMPTS)
+H_OUTAGES = "x-crm-outages"  # failures during outages, not counted as attempts
+CRM_HEADERS = (H_ATTEMPT, H_ROUTING_KEY, H_LAST_ERROR, H_ERROR, H_ATTEMPTS, H_OUTAGES)
 
 
 def retry_queue_name(delay: float) -> str:
