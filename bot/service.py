@@ -36,6 +36,7 @@ REFUSED_APP_TOKEN = {
     "account_inactive",
 }
 DRAIN_SECONDS = 10.0  # on stop, how long the alerts being posted may take to finish
+JOB_STOP_SECONDS = 5.0  # on stop, how long a job's run under way may take to finish
 
 
 @dataclass
@@ -58,12 +59,14 @@ async def check_app_token(client: AsyncWebClient, app_token: str) -> None:
         raise
 
 
-async def run_every(name: str, interval: float, fn) -> None:
-    """Run a periodic job until cancelled. A failing run is logged with its traceback once
-    per streak (a database outage would otherwise log one every interval), and the first
-    run that works again says so."""
+async def run_every(name: str, interval: float, fn, stopping: asyncio.Event) -> None:
+    """Run a periodic job until `stopping` is set; a run under way then finishes first (one
+    cancelled mid-transaction left its connection to be reset by the pool's finalizer, which
+    logged a traceback). A failing run is logged with its traceback once per streak (a
+    database outage would otherwise log one every interval), and the first run that works
+    again says so."""
     failed = 0
-    while True:
+    while not stopping.is_set():
         try:
             await fn()
         except asyncio.CancelledError:
@@ -76,7 +79,8 @@ async def run_every(name: str, interval: float, fn) -> None:
             if failed:
                 log.info("job %s works again after %d failed runs", name, failed)
             failed = 0
-        await asyncio.sleep(interval)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopping.wait(), timeout=interval)
 
 
 class BotService:
@@ -90,7 +94,8 @@ class BotService:
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._socket = None
-        self._tasks: list[asyncio.Task] = []
+        self._tasks: list[asyncio.Task] = []  # the periodic jobs
+        self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
         self._lazy = None
         self._http: aiohttp.ClientSession | None = None  # Slack Web API calls, kept alive
 
@@ -110,9 +115,11 @@ class BotService:
             await self._start_broker(deps)
         else:
             log.info("AMQP_URL is not set: the sync consumer and outbox relay are off")
+        self._stopping = asyncio.Event()
         for name, interval, fn in jobs(deps):
             every = self.tuning.job_interval or interval
-            self._tasks.append(asyncio.create_task(run_every(name, every, fn), name=name))
+            job = run_every(name, every, fn, self._stopping)
+            self._tasks.append(asyncio.create_task(job, name=name))
         if s.slack_app_token:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
@@ -190,11 +197,12 @@ class BotService:
             await self._lazy.drain(within=10)
         if self.consumer is not None:
             await self.consumer.stop()
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        self._stopping.set()
+        if self._tasks:
+            _, late = await asyncio.wait(self._tasks, timeout=JOB_STOP_SECONDS)
+            for task in late:
+                task.cancel()
+            await asyncio.gather(*late, return_exceptions=True)
         if self.deps is not None:  # what the consumer and the jobs started: alerts being posted
             await drain(self.deps, within=DRAIN_SECONDS)
         if self.relay is not None:

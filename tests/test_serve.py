@@ -142,15 +142,35 @@ async def test_a_job_failing_run_after_run_is_logged_once_with_its_traceback(cap
             raise ConnectionError("database unavailable")
 
     caplog.set_level(logging.INFO, logger="bot.service")
-    task = asyncio.create_task(run_every("sync-alerts", 0.01, job))
+    stopping = asyncio.Event()
+    task = asyncio.create_task(run_every("sync-alerts", 0.01, job, stopping))
     try:
         await eventually(lambda: runs >= 6)
     finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
+        stopping.set()
+        await asyncio.wait_for(task, timeout=5)
     records = [r for r in caplog.records if r.name == "bot.service"]
     assert [(r.levelname, r.getMessage()) for r in records] == [
         ("ERROR", "job sync-alerts failed; it runs again every 0.01s"),
         ("INFO", "job sync-alerts works again after 3 failed runs"),
     ]
     assert records[0].exc_info is not None
+
+
+async def test_a_stop_lets_a_jobs_run_under_way_finish():
+    """On stop, a job's run under way (a transaction, say) finishes rather than being
+    cancelled mid-way, and no new run starts."""
+    started, release, finished = asyncio.Event(), asyncio.Event(), []
+
+    async def job() -> None:
+        started.set()
+        await release.wait()
+        finished.append(True)
+
+    stopping = asyncio.Event()
+    task = asyncio.create_task(run_every("audit-head", 60, job, stopping))
+    await asyncio.wait_for(started.wait(), timeout=5)
+    stopping.set()
+    release.set()
+    await asyncio.wait_for(task, timeout=5)
+    assert finished == [True] and not task.cancelled()
