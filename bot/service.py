@@ -115,7 +115,6 @@ class BotService:
             await self._start_broker(deps)
         else:
             log.info("AMQP_URL is not set: the sync consumer and outbox relay are off")
-        self._stopping = asyncio.Event()
         for name, interval, fn in jobs(deps):
             every = self.tuning.job_interval or interval
             job = run_every(name, every, fn, self._stopping)
