@@ -14,6 +14,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
+from functools import partial
 from typing import Any
 
 import aiohttp
@@ -24,6 +25,7 @@ from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncServerErrorRetryHandler,
 )
 from slack_sdk.http_retry.builtin_interval_calculators import BackoffRetryIntervalCalculator
+from slack_sdk.http_retry.interval_calculator import RetryIntervalCalculator
 from slack_sdk.http_retry.jitter import Jitter
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
@@ -62,6 +64,7 @@ KINDS = frozenset(
     }
 )
 TRANSIENT = frozenset({"ratelimited", "server_error", "connection_error"})
+OUTCOME_UNKNOWN = frozenset({"server_error", "connection_error"})  # Slack may have done it
 _ALIASES = {
     "not_authed": "invalid_auth",
     "account_inactive": "invalid_auth",
@@ -75,6 +78,7 @@ _ALIASES = {
 
 
 POST_KEY_EVENT = "crm_bot_post"
+CLOCK_SKEW = 60.0  # seconds: how far Slack's clock may be behind ours when we look for a post
 
 
 class SlackError(Exception):
@@ -259,6 +263,7 @@ class SlackOut:
         self.per_channel_interval = per_channel_interval
         self.burst = max(1, burst)
         self._pacers: dict[str, _ChannelPacer] = {}
+        self._once: tuple[AsyncWebClient, AsyncWebClient] | None = None
 
     async def _call(
         self, method: str, send: Callable[[], Awaitable[AsyncSlackResponse]]
@@ -283,8 +288,12 @@ class SlackOut:
         metadata: dict[str, Any] | None = None,
         key: str | None = None,
     ) -> dict[str, Any]:
-        """chat.postMessage, paced per channel; returns {"channel", "ts"}. A `key` is carried
-        in the message's metadata, for `find_posted`."""
+        """chat.postMessage, paced per channel; returns {"channel", "ts"}.
+
+        A post with a `key` (carried in its metadata) is posted at most once: when Slack's
+        answer is lost (5xx, a dropped connection) the message may have gone out all the same,
+        so before trying again the channel (or the thread) is searched for the key, and a
+        message found is the answer. `keyed_posts` finds such posts later too."""
         if key is not None:
             metadata = {"event_type": POST_KEY_EVENT, "event_payload": {"key": key}}
         text, blocks = fit_to_limits(text, blocks)
@@ -297,17 +306,66 @@ class SlackOut:
                 args["reply_broadcast"] = True
         if metadata:
             args["metadata"] = metadata
-        send = lambda: self.client.chat_postMessage(**args)  # noqa: E731
+        if key is None:
+            send = lambda: self._call(  # noqa: E731
+                "chat.postMessage", lambda: self.client.chat_postMessage(**args)
+            )
+        else:
+            send = lambda: self._post_once(args, key)  # noqa: E731
         if self.per_channel_interval <= 0:
-            data = await self._call("chat.postMessage", send)
+            data = await send()
         else:
             pacer = self._pacers.get(channel)
             if pacer is None:
                 pacer = self._pacers[channel] = _ChannelPacer(self.per_channel_interval, self.burst)
             async with pacer.lock:
                 await pacer.wait_turn()
-                data = await self._call("chat.postMessage", send)
+                data = await send()
         return {"channel": data.get("channel", channel), "ts": data.get("ts", "")}
+
+    async def _post_once(self, args: dict[str, Any], key: str) -> dict[str, Any]:
+        """Post, and after an answer that leaves the outcome unknown, look for the key before
+        posting again (on the client's own 5xx schedule)."""
+        channel, thread_ts = args["channel"], args.get("thread_ts")
+        since = time.time() - CLOCK_SKEW
+        retries, interval = self._resend_schedule()
+        client = self._once_client()
+        for attempt in range(retries + 1):
+            try:
+                return await self._call("chat.postMessage", lambda: client.chat_postMessage(**args))
+            except SlackError as exc:
+                if exc.kind not in OUTCOME_UNKNOWN or attempt == retries:
+                    raise
+                await asyncio.sleep(interval.calculate_sleep_duration(attempt))
+            ts = (await self.keyed_posts(channel, since, thread_ts)).get(key)
+            if ts is not None:
+                log.info("a post whose answer was lost had gone out; adopted")
+                return {"channel": channel, "ts": ts}
+        raise AssertionError("unreachable")
+
+    def _once_client(self) -> AsyncWebClient:
+        """`client` without the retries that could repeat a post Slack may have made (after a
+        5xx or a dropped connection); 429s are still retried: Slack refused those."""
+        if self._once is None or self._once[0] is not self.client:
+            c = self.client
+            limits = AsyncRateLimitErrorRetryHandler
+            handlers = [h for h in c.retry_handlers if isinstance(h, limits)]
+            once = AsyncWebClient(
+                token=c.token,
+                base_url=c.base_url,
+                timeout=c.timeout,
+                session=c.session,
+                retry_handlers=handlers,
+            )
+            self._once = (c, once)
+        return self._once[1]
+
+    def _resend_schedule(self) -> tuple[int, RetryIntervalCalculator]:
+        """How often, and after what waits, the client retries a 5xx: keyed posts follow it."""
+        for handler in self.client.retry_handlers:
+            if isinstance(handler, AsyncServerErrorRetryHandler):
+                return handler.max_retry_count, handler.interval_calculator
+        return 0, BackoffRetryIntervalCalculator()
 
     async def update(
         self, channel: str, ts: str, text: str, blocks: list[dict[str, Any]] | None = None
@@ -385,21 +443,47 @@ class SlackOut:
         channel = str((data.get("channel") or {}).get("id", ""))
         return await self.post(channel, text, blocks)
 
-    async def find_posted(self, channel: str, key: str, since: float) -> str | None:
-        """The ts of a message posted with `post(..., key=key)` in `channel` since `since` (a
-        Unix time), or None: lets a retry whose first outcome is unknown (the process died,
-        the database was down) adopt the earlier post instead of posting twice."""
-        data = await self._call(
-            "conversations.history",
-            lambda: self.client.conversations_history(
-                channel=channel, oldest=f"{since:.6f}", limit=200, include_all_metadata=True
-            ),
-        )
-        for message in data.get("messages") or []:
-            payload = (message.get("metadata") or {}).get("event_payload") or {}
-            if payload.get("key") == key:
-                return str(message["ts"])
-        return None
+    async def find_posted(
+        self, channel: str, key: str, since: float, thread_ts: str | None = None
+    ) -> str | None:
+        """The ts of a message posted with `post(..., key=key)` in `channel` (in the thread
+        `thread_ts`, when given) since `since` (a Unix time), or None: lets a retry whose first
+        outcome is unknown (the process died, the database was down) adopt the earlier post
+        instead of posting twice."""
+        return (await self.keyed_posts(channel, since, thread_ts)).get(key)
+
+    async def keyed_posts(
+        self, channel: str, since: float, thread_ts: str | None = None
+    ) -> dict[str, str]:
+        """{key: ts} of the messages posted with a key in `channel` since `since`: its
+        top-level messages (conversations.history), or the thread `thread_ts`'s replies
+        (conversations.replies), every page."""
+        found: dict[str, str] = {}
+        cursor: str | None = None
+        while True:
+            args: dict[str, Any] = {
+                "channel": channel,
+                "oldest": f"{since:.6f}",
+                "limit": 200,
+                "include_all_metadata": True,
+            }
+            if cursor:
+                args["cursor"] = cursor
+            if thread_ts:
+                method = "conversations.replies"
+                call = partial(self.client.conversations_replies, ts=thread_ts, **args)
+            else:
+                method = "conversations.history"
+                call = partial(self.client.conversations_history, **args)
+            data = await self._call(method, call)
+            for message in data.get("messages") or []:
+                meta = message.get("metadata") or {}
+                key = (meta.get("event_payload") or {}).get("key")
+                if meta.get("event_type") == POST_KEY_EVENT and isinstance(key, str):
+                    found.setdefault(key, str(message["ts"]))
+            cursor = (data.get("response_metadata") or {}).get("next_cursor")
+            if not cursor or not data.get("has_more"):
+                return found
 
     async def usergroup_members(self, usergroup: str) -> list[str]:
         """The Slack user ids in a user group (usergroups.users.list)."""

@@ -184,6 +184,46 @@ async def test_injected_faults_look_like_slack(sandbox: Sandbox):
     assert [c.status for c in sandbox.store.calls("chat.postMessage")] == [429, 503, 200]
 
 
+async def test_a_fault_after_the_effect_loses_only_the_answer(sandbox: Sandbox):
+    sandbox.fail("chat.postMessage", status=503, times=1, applied=True)
+    headers = {"Authorization": f"Bearer {BOT_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        url = sandbox.api_url + "chat.postMessage"
+        async with http.post(url, json={"channel": SALES, "text": "x"}) as resp:
+            assert resp.status == 503
+    assert [m["text"] for m in sandbox.store.messages(SALES)] == ["x"]  # posted all the same
+
+
+async def test_history_and_replies_page_and_show_metadata_only_when_asked(
+    sandbox: Sandbox, slack_client: AsyncWebClient
+):
+    meta = {"event_type": "crm_bot_post", "event_payload": {"key": "k"}}
+    parent = await slack_client.chat_postMessage(channel=SALES, text="p", metadata=meta)
+    for n in range(5):
+        await slack_client.chat_postMessage(
+            channel=SALES, text=f"r{n}", thread_ts=parent["ts"], metadata=meta
+        )
+    history = await slack_client.conversations_history(channel=SALES)
+    assert "metadata" not in history["messages"][0]
+    history = await slack_client.conversations_history(channel=SALES, include_all_metadata=True)
+    assert history["messages"][0]["metadata"] == meta
+
+    seen, cursor = [], None
+    while True:
+        page = await slack_client.conversations_replies(
+            channel=SALES, ts=parent["ts"], limit=2, cursor=cursor, oldest=parent["ts"]
+        )
+        seen += [m["text"] for m in page["messages"]]
+        cursor = page["response_metadata"]["next_cursor"]
+        assert bool(cursor) == page["has_more"]
+        if not cursor:
+            break
+    assert seen == ["p", "r0", "r1", "r2", "r3", "r4"]
+    assert await slack_error(
+        slack_client.conversations_history(channel=SALES, cursor="%%%")
+    ) == "invalid_cursor"
+
+
 async def test_subscribe_sees_changes(sandbox: Sandbox, slack_client: AsyncWebClient):
     queue = sandbox.subscribe()
     await slack_client.chat_postMessage(channel=SALES, text="x")

@@ -211,6 +211,36 @@ async def test_server_errors_then_recovery_every_post_arrives_once(
     assert statuses == [503, 500, 0, 200, 200, 503, 200, 200, 200]
 
 
+async def test_a_keyed_post_whose_answer_is_lost_is_found_not_posted_again(
+    sandbox: Sandbox, slack_out: SlackOut
+):
+    sandbox.fail("chat.postMessage", status=503, times=1, applied=True)
+    parent = await slack_out.post(SALES, "parent", key="p")
+    sandbox.fail("chat.postMessage", disconnect=True, times=1, applied=True)
+    reply = await slack_out.post(SALES, "reply", thread_ts=parent["ts"], key="r")
+    sandbox.fail("chat.postMessage", status=503, times=1)  # refused: nothing went out
+    again = await slack_out.post(SALES, "refused once", key="x")
+
+    messages = sandbox.store.all_messages(SALES)
+    assert [m["text"] for m in messages] == ["parent", "reply", "refused once"]
+    assert [parent["ts"], reply["ts"], again["ts"]] == [m["ts"] for m in messages]
+    looked = [c.method for c in sandbox.store.calls() if c.method.startswith("conversations.")]
+    assert looked == ["conversations.history", "conversations.replies", "conversations.history"]
+    assert await slack_out.keyed_posts(SALES, 0) == {"p": parent["ts"], "x": again["ts"]}
+    assert await slack_out.find_posted(SALES, "r", 0, thread_ts=parent["ts"]) == reply["ts"]
+
+
+async def test_a_keyed_post_refused_every_time_fails_transient_and_posts_nothing(
+    sandbox: Sandbox,
+):
+    out = SlackOut(make_client(BOT_TOKEN, sandbox.api_url, max_retries=2, backoff=0.01), 0)
+    sandbox.fail("chat.postMessage", status=500, times=3)
+    err = await _kind(out.post(SALES, "x", key="k"))
+    assert (err.kind, err.transient) == ("server_error", True)
+    assert sandbox.store.messages(SALES) == []
+    assert len(sandbox.store.calls("chat.postMessage")) == 3  # the client's own schedule
+
+
 async def test_ratelimited_once_then_retried(sandbox: Sandbox, slack_out: SlackOut):
     sandbox.fail("chat.postMessage", status=429, times=1, retry_after=0)
     await slack_out.post(SALES, "after a 429")

@@ -19,6 +19,7 @@ class Fault:
     retry_after: int = 1
     error: str | None = None
     disconnect: bool = False  # drop the connection instead of answering
+    applied: bool = False  # the call takes effect, then its answer is lost to the failure
 
     def matches(self, method: str) -> bool:
         return self.times > 0 and (self.method is None or self.method == method)

@@ -144,13 +144,16 @@ class Sandbox:
         retry_after: int = 1,
         error: str | None = None,
         disconnect: bool = False,
+        applied: bool = False,
     ) -> None:
         """Answer the next `times` calls to `method` (all methods when None) with HTTP
         `status` (429 with Retry-After, 5xx with an HTML page), with `{"ok": false, "error":
-        error}` when `error` is given (status 200), or by dropping the connection."""
+        error}` when `error` is given (status 200), or by dropping the connection. With
+        `applied`, each call takes effect first and only its answer fails, as when Slack posts a
+        message and the answer is lost on the way back."""
         if error is not None and status == 429:
             status = 200
-        self.faults.add(Fault(method, status, times, retry_after, error, disconnect))
+        self.faults.add(Fault(method, status, times, retry_after, error, disconnect, applied))
 
     def rate_limit(self, per_channel_per_second: float = 1.0, burst: int = 1) -> None:
         """Answer chat.postMessage with 429 when one channel gets posts faster than this."""
@@ -194,6 +197,9 @@ class Sandbox:
         logged = {k: v for k, v in args.items() if k != "token"}
         fault = self.faults.next_for(name)
         if fault is not None:
+            if fault.applied and self._authorized(request, dict(args)) is None:
+                args.pop("token", None)
+                await self.webapi.call(name, args)
             return self._inject(request, name, logged, fault, started)
         if name == "apps.connections.open":  # the one method called with the app-level token
             body = self.socket_mode.open(self._token(request, args), self.url)

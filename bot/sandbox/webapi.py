@@ -7,6 +7,8 @@ and returns the response body, shaped as Slack's: `{"ok": true, ...}` or
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import time
 from collections.abc import Awaitable, Callable
@@ -269,13 +271,36 @@ async def chat_get_permalink(api: WebApi, args: Body) -> Body:
 
 
 def _page(messages: list[Body], args: Body) -> Body:
-    limit = int(args.get("limit") or 100)
+    """One page of `messages` (`limit`, `cursor` as Slack pages), metadata only when asked for
+    with `include_all_metadata`, as Slack answers."""
+    limit = max(1, min(int(args.get("limit") or 100), 1000))
+    try:
+        cursor = base64.b64decode(str(args.get("cursor") or ""), validate=True).decode()
+        start = int(cursor.removeprefix("next:") or 0)
+    except (ValueError, binascii.Error):
+        return error("invalid_cursor")
+    page = messages[start : start + limit]
+    if not _truthy(args.get("include_all_metadata")):
+        page = [{k: v for k, v in m.items() if k != "metadata"} for m in page]
+    more = start + limit < len(messages)
+    cursor = base64.b64encode(f"next:{start + limit}".encode()).decode() if more else ""
     return {
         "ok": True,
-        "messages": messages[:limit],
-        "has_more": len(messages) > limit,
-        "response_metadata": {"next_cursor": ""},
+        "messages": page,
+        "has_more": more,
+        "response_metadata": {"next_cursor": cursor},
     }
+
+
+def _truthy(value: object) -> bool:
+    return value is True or str(value).lower() in ("1", "true")
+
+
+def _between(messages: list[Body], args: Body) -> list[Body]:
+    """The messages within `oldest` and `latest` (Unix times, both inclusive here)."""
+    oldest = float(args.get("oldest") or 0)
+    latest = float(args.get("latest") or time.time() + 86400)
+    return [m for m in messages if oldest <= float(m["ts"]) <= latest]
 
 
 @method("conversations.replies")
@@ -286,7 +311,7 @@ async def conversations_replies(api: WebApi, args: Body) -> Body:
     thread = api.store.thread(info["id"], str(args.get("ts", "")))
     if not thread:
         return error("thread_not_found")
-    return _page(thread, args)
+    return _page(_between(thread, args), args)
 
 
 @method("conversations.history")
@@ -294,9 +319,7 @@ async def conversations_history(api: WebApi, args: Body) -> Body:
     info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
     if info is None:
         return error("channel_not_found")
-    oldest = float(args.get("oldest") or 0)
-    latest = float(args.get("latest") or time.time() + 86400)
-    found = [m for m in api.store.messages(info["id"]) if oldest <= float(m["ts"]) <= latest]
+    found = _between(api.store.messages(info["id"]), args)
     return _page(list(reversed(found)), args)  # newest first, as Slack answers
 
 
