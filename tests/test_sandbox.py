@@ -219,9 +219,10 @@ async def test_history_and_replies_page_and_show_metadata_only_when_asked(
         if not cursor:
             break
     assert seen == ["p", "r0", "r1", "r2", "r3", "r4"]
-    assert await slack_error(
-        slack_client.conversations_history(channel=SALES, cursor="%%%")
-    ) == "invalid_cursor"
+    assert (
+        await slack_error(slack_client.conversations_history(channel=SALES, cursor="%%%"))
+        == "invalid_cursor"
+    )
 
 
 async def test_subscribe_sees_changes(sandbox: Sandbox, slack_client: AsyncWebClient):
