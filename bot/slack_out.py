@@ -13,6 +13,7 @@ import asyncio
 import logging
 import random
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -285,42 +286,38 @@ class SlackOut:
         blocks: list[dict[str, Any]] | None = None,
         thread_ts: str | None = None,
         reply_broadcast: bool = False,
-        metadata: dict[str, Any] | None = None,
         key: str | None = None,
     ) -> dict[str, Any]:
         """chat.postMessage, paced per channel; returns {"channel", "ts"}.
 
-        A post with a `key` (carried in its metadata) is posted at most once: when Slack's
-        answer is lost (5xx, a dropped connection) the message may have gone out all the same,
-        so before trying again the channel (or the thread) is searched for the key, and a
-        message found is the answer. `keyed_posts` finds such posts later too."""
-        if key is not None:
-            metadata = {"event_type": POST_KEY_EVENT, "event_payload": {"key": key}}
+        Every post carries a key in its metadata (`key`, or a fresh one) and is made at most
+        once: when Slack's answer is lost (a 5xx, a dropped connection) the message may have
+        gone out all the same, so before posting again the channel (or the thread) is searched
+        for the key, and a message found is the answer. A caller that may have to look for its
+        post later (after a crash) passes its own key, for `find_posted` and `keyed_posts`."""
+        key = key or uuid.uuid4().hex
         text, blocks = fit_to_limits(text, blocks)
-        args: dict[str, Any] = {"channel": channel, "text": text, "unfurl_links": False}
+        args: dict[str, Any] = {
+            "channel": channel,
+            "text": text,
+            "unfurl_links": False,
+            "metadata": {"event_type": POST_KEY_EVENT, "event_payload": {"key": key}},
+        }
         if blocks:
             args["blocks"] = blocks
         if thread_ts:
             args["thread_ts"] = thread_ts
             if reply_broadcast:
                 args["reply_broadcast"] = True
-        if metadata:
-            args["metadata"] = metadata
-        if key is None:
-            send = lambda: self._call(  # noqa: E731
-                "chat.postMessage", lambda: self.client.chat_postMessage(**args)
-            )
-        else:
-            send = lambda: self._post_once(args, key)  # noqa: E731
         if self.per_channel_interval <= 0:
-            data = await send()
+            data = await self._post_once(args, key)
         else:
             pacer = self._pacers.get(channel)
             if pacer is None:
                 pacer = self._pacers[channel] = _ChannelPacer(self.per_channel_interval, self.burst)
             async with pacer.lock:
                 await pacer.wait_turn()
-                data = await send()
+                data = await self._post_once(args, key)
         return {"channel": data.get("channel", channel), "ts": data.get("ts", "")}
 
     async def _post_once(self, args: dict[str, Any], key: str) -> dict[str, Any]:

@@ -175,6 +175,13 @@ class Pending:
     line: str
     placement: str = THREAD
     broadcast: bool = False
+    tried: Tried | None = None  # the delivery round that set out to post it, if one did
+
+
+@dataclass(frozen=True)
+class Tried:
+    round_id: str
+    at: datetime
 
 
 @dataclass(frozen=True)

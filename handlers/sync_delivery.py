@@ -10,9 +10,13 @@ comes from. `deliver(customer)` posts a customer's pending alerts, each channel 
   that customer: records made at the same moment share one commit. A redelivered event
   finds nothing pending and posts nothing. When the database fails at such a commit, the
   worker keeps what was posted in memory and records it first in the next round, so a
-  database outage doubles nothing. The one double window: the process dies between Slack's
-  answer and that commit (per customer and channel, at most the one message being recorded,
-  or a thread header); it is posted again after the restart.
+  database outage doubles nothing.
+- posted once, even across a crash: a round notes on its rows that it sets out to post them
+  (`tried_in`, committed first), and every post carries a key in its metadata (the round and
+  the event, or the round and the placement for a coalesced message; the customer for a
+  thread header). A later round that finds rows still pending from an earlier one (the
+  process died between Slack's answer and the record, or Slack's answer was lost) looks for
+  those keys in the channel and the thread, records what it finds, and posts only the rest.
 - replicas: within a process the worker serialises posting; across processes a customer's
   alerts are posted by the one holding its delivery lease (storage.sync_ledger.claim), renewed
   each round, so two replicas never post the same rows or start two threads.
@@ -51,11 +55,11 @@ from sqlalchemy import select
 from bot import metrics
 from bot.blocks.alerts import alert_message, thread_header
 from bot.blocks.customers import redacted_card
-from bot.slack_out import SlackError
+from bot.slack_out import CLOCK_SKEW, SlackError
 from storage import shared_cards
 from storage import sync_ledger as ledger
 from storage.customers import CustomerRecord, read_record
-from storage.models import Customer, CustomerThread
+from storage.models import Customer, CustomerThread, utcnow
 
 from . import alerts
 
@@ -185,13 +189,12 @@ class Delivery:
                 settle(waiting, failures.get(cid))
 
     async def _deliver_batch(self, ids: list[uuid.UUID]) -> dict[uuid.UUID, Exception]:
-        loaded = await self._load(ids)
-        now = self.deps.clock()
+        round_id, loaded = await self._load(ids)
         failures: dict[uuid.UUID, Exception] = {}
 
         async def one(about: _About, channel: str, thread_ts, items) -> None:
             try:
-                await self._post(about, channel, thread_ts, items)
+                await self._post(round_id, about, channel, thread_ts, items)
             except SlackError as exc:
                 if exc.transient:
                     failures.setdefault(about.id, exc)
@@ -206,12 +209,11 @@ class Delivery:
                 await self._record(_Done(settled=failed))
 
         # Every (customer, channel) of the round posts at once, each in order; the round holds
-        # at most MAX_BATCH customers. Coalesced alerts wait for the flush job (window passed).
+        # at most MAX_BATCH customers.
         posting = [
             one(about, channel, threads.get(channel), items)
             for about, by_channel, threads in loaded
             for channel, items in by_channel.items()
-            if alerts.is_due(self.recent.get((about.id, channel)), now, self.window)
         ]
         # Every post ends before the round does (the next round may post for them).
         results = await asyncio.gather(*posting, return_exceptions=True)
@@ -260,9 +262,12 @@ class Delivery:
         await ledger.settle_many(session, self._unconfirmed.settled)
 
     async def _load(self, ids: list[uuid.UUID]):
-        """[(customer, pending alerts per channel, thread ts per channel)] for customers with
-        something to post. An erased (or vanished) customer's alerts are dropped."""
+        """(round id, [(customer, due alerts per channel, thread ts per channel)]) for customers
+        with something to post; the alerts no round tried yet are marked as this round's. An
+        erased (or vanished) customer's alerts are dropped. Coalesced alerts wait for the flush
+        job (until their window passed)."""
         confirming = bool(self._unconfirmed.settled or self._unconfirmed.threads)
+        round_id = uuid.uuid4().hex
         async with self.deps.db.transaction() as session:
             if confirming:
                 await self._confirm(session)
@@ -270,7 +275,7 @@ class Delivery:
             mine = await ledger.claim(session, ids, self.owner, now, now + LEASE)
             rows = await ledger.pending_for_many(session, mine)
             if not rows:
-                return []
+                return round_id, []
             wanted = {r.customer_id for r in rows}
             customers = {
                 c.id: c
@@ -280,52 +285,110 @@ class Delivery:
             }
             threads = await ledger.threads_of_many(session, wanted)
             out: dict[uuid.UUID, tuple[_About, dict, dict]] = {}
-            dropped = []
+            dropped, fresh = [], []
             for row in rows:
+                key = (row.event_id, row.channel_id)
                 customer = customers.get(row.customer_id)
                 if customer is None or customer.erased_at is not None:
-                    dropped.append(((row.event_id, row.channel_id), ledger.DROPPED, None, None))
+                    dropped.append((key, ledger.DROPPED, None, None))
+                    continue
+                if not alerts.is_due(
+                    self.recent.get((customer.id, row.channel_id)), now, self.window
+                ):
                     continue
                 if customer.id not in out:
                     about = _About(customer, self.deps.vault)
                     out[customer.id] = (about, {}, threads.get(customer.id, {}))
                 line = ledger.open_line(self.deps.vault, customer, row) or row.event_id
+                tried = alerts.Tried(row.tried_in, row.tried_at) if row.tried_in else None
+                if tried is None:
+                    fresh.append(key)
                 out[customer.id][1].setdefault(row.channel_id, []).append(
-                    alerts.Pending(
-                        (row.event_id, row.channel_id), line, row.placement, row.broadcast
-                    )
+                    alerts.Pending(key, line, row.placement, row.broadcast, tried)
                 )
             await ledger.settle_many(session, dropped)
+            await ledger.mark_tried(session, fresh, round_id, utcnow())
         if confirming:
             self._unconfirmed = _Done()
-        return list(out.values())
+        return round_id, list(out.values())
 
     async def _post(
         self,
+        round_id: str,
         about: _About,
         channel: str,
         thread_ts: str | None,
         items: list[alerts.Pending],
     ) -> None:
         slack = self.deps.slack
-        for batch in alerts.batches(items, coalesce=self.window > 0):
+        if any(p.tried for p in items):
+            thread_ts, items = await self._adopt(round_id, about, channel, thread_ts, items)
+        coalesce = self.window > 0
+        for batch in alerts.batches(items, coalesce=coalesce):
+            key = batch_key(round_id, batch, coalesce)
             lines = [p.line for p in batch.items]
             if batch.placement == alerts.TOP_LEVEL:
                 text, blocks = alert_message(lines, customer=about.record)
-                posted = await slack.post(channel, text, blocks)
+                posted = await slack.post(channel, text, blocks, key=key)
             else:
                 if thread_ts is None:
                     text, blocks = thread_header(about.record)
-                    thread_ts = (await slack.post(channel, text, blocks))["ts"]
+                    header = await slack.post(channel, text, blocks, key=header_key(about.id))
+                    thread_ts = header["ts"]
                     await self._record(_Done(threads=[(about.id, channel, thread_ts)]))
                 text, blocks = alert_message(lines)
                 posted = await slack.post(
-                    channel, text, blocks, thread_ts=thread_ts, reply_broadcast=batch.broadcast
+                    channel,
+                    text,
+                    blocks,
+                    thread_ts=thread_ts,
+                    reply_broadcast=batch.broadcast,
+                    key=key,
                 )
             metrics.alerts_posted_total.inc(len(batch.items))
             settled = [(key, ledger.POSTED, posted["ts"], None) for key in batch.keys]
             await self._record(_Done(settled=settled))
             self.recent[(about.id, channel)] = self.deps.clock()
+
+    async def _adopt(
+        self,
+        round_id: str,
+        about: _About,
+        channel: str,
+        thread_ts: str | None,
+        items: list[alerts.Pending],
+    ) -> tuple[str | None, list[alerts.Pending]]:
+        """Alerts an earlier round set out to post and did not record as posted: those whose
+        post Slack has (found by key in the channel, the thread) are recorded with it, and a
+        thread header found becomes the thread. The rest are marked as this round's before it
+        posts them; a failed lookup raises and leaves them to the next round as they are.
+        Returns the thread and what is left to post."""
+        slack = self.deps.slack
+        tried = [p for p in items if p.tried]
+        since = min(p.tried.at for p in tried if p.tried).timestamp() - CLOCK_SKEW
+        posts: dict[str, str] = {}
+        if thread_ts is None or any(p.placement == alerts.TOP_LEVEL for p in tried):
+            posts |= await slack.keyed_posts(channel, since)
+        if thread_ts is None and (header := posts.get(header_key(about.id))):
+            thread_ts = header
+            await self._record(_Done(threads=[(about.id, channel, thread_ts)]))
+        if thread_ts is not None and any(p.placement == alerts.THREAD for p in tried):
+            posts |= await slack.keyed_posts(channel, since, thread_ts)
+        found = {p.key: ts for p in tried if (ts := _posted(posts, p))}
+        if found:
+            settled = [(key, ledger.POSTED, ts, None) for key, ts in found.items()]
+            await self._record(_Done(settled=settled))
+            metrics.alerts_posted_total.inc(len(found))
+            log.info(
+                "%d alerts in %s were in Slack already: recorded, not posted again",
+                len(found),
+                channel,
+            )
+        left = [p for p in items if p.key not in found]
+        if again := [p.key for p in left if p.tried]:
+            async with self.deps.db.transaction() as session:
+                await ledger.mark_tried(session, again, round_id, utcnow())
+        return thread_ts, left
 
     async def flush(self) -> None:
         """The job: post every customer's pending alerts that are due, and update the cards
@@ -387,6 +450,28 @@ class _About:
     @cached_property
     def record(self) -> CustomerRecord:
         return read_record(self._vault, self._customer)
+
+
+def header_key(customer_id: uuid.UUID) -> str:
+    """The key of a customer's thread header (one per channel)."""
+    return f"thread:{customer_id}"
+
+
+def batch_key(round_id: str, batch: alerts.Batch, coalesced: bool) -> str:
+    """The key of an alert message: the round and the event, or for a coalesced message the
+    round and the placement (it holds every alert of that placement the round posts there)."""
+    if coalesced:
+        return f"alerts:{round_id}:{batch.placement}"
+    return f"alert:{round_id}:{batch.items[0].key[0]}"
+
+
+def _posted(posts: dict[str, str], item: alerts.Pending) -> str | None:
+    """The ts of the message that holds this tried alert, among the keyed posts found."""
+    assert item.tried is not None
+    round_id = item.tried.round_id
+    return posts.get(f"alert:{round_id}:{item.key[0]}") or posts.get(
+        f"alerts:{round_id}:{item.placement}"
+    )
 
 
 async def _each(what: str, work: list[Coroutine[object, object, None]]) -> None:

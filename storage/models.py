@@ -311,6 +311,11 @@ class AlertDelivery(Base):
     ts: Mapped[str | None] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # The delivery round that last set out to post it, and when: a row still pending with
+    # these set may be in Slack already (the process died, or Slack's answer was lost), so
+    # the next round looks for its post before posting it again.
+    tried_in: Mapped[str | None] = mapped_column(String(32))
+    tried_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
     __table_args__ = (Index("ix_alert_deliveries_status", "status", "customer_id"),)
 

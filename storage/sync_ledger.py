@@ -13,7 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 
-from sqlalchemy import bindparam, func, insert, select, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -212,6 +212,23 @@ async def customers_with_pending(session: AsyncSession, limit: int = 500) -> lis
         .limit(limit)
     )
     return list((await session.execute(stmt)).scalars())
+
+
+async def mark_tried(
+    session: AsyncSession, keys: Sequence[DeliveryKey], round_id: str, at: datetime
+) -> None:
+    """Note that delivery round `round_id` sets out to post these alerts now (committed before
+    it posts): a row still pending with a round may be in Slack already."""
+    table = AlertDelivery.__table__
+    key = tuple_(table.c.event_id, table.c.channel_id)
+    for i in range(0, len(keys), 500):  # within every database's limit on bound values
+        chunk = list(keys[i : i + 500])
+        stmt = (
+            update(table)
+            .where(key.in_(chunk), table.c.status == PENDING)
+            .values(tried_in=round_id, tried_at=at)
+        )
+        await session.execute(stmt)
 
 
 Settlement = tuple[DeliveryKey, str, str | None, str | None]  # key, status, ts, error

@@ -1,12 +1,16 @@
-"""Units of work on SQLite: one process's transactions take turns instead of starving."""
+"""The database: its schema is the migrations' (SQLite and PostgreSQL); units of work on SQLite
+take turns instead of starving."""
 
 from __future__ import annotations
 
 import asyncio
 
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 
 from storage.db import Database
+from storage.models import Base
 
 
 async def test_a_steady_writer_does_not_starve_another_on_sqlite(tmp_path):
@@ -44,3 +48,13 @@ async def test_a_steady_writer_does_not_starve_another_on_sqlite(tmp_path):
     await db.close()
     assert dict(rows) == {"steady": 2 * steady_done, "other": 1}
     assert waited_for <= 2  # its turn came after the batch in progress (and one queued)
+
+
+async def test_the_migrations_build_the_schema_the_models_describe(db):
+    """A model changed without its migration (or the other way round) shows here, on both
+    databases, before it reaches an upgraded production database."""
+    async with db.engine.connect() as conn:
+        drift = await conn.run_sync(
+            lambda sync: compare_metadata(MigrationContext.configure(sync), Base.metadata)
+        )
+    assert drift == []

@@ -64,8 +64,9 @@ def test_scopes_are_the_smallest_set_used(manifest):
     # Each scope and what needs it: commands (/crm), chat:write (posts, updates, ephemerals),
     # chat:write.public (department channels without joining), app_mentions:read (app_mention),
     # users:read (users.info), usergroups:read (usergroups.users.list), im:write
-    # (conversations.open), channels:history and groups:history (conversations.history, to find
-    # the bot's own earlier post when a retry does not know whether it went out).
+    # (conversations.open), channels:history, groups:history and im:history
+    # (conversations.history and .replies, to find the bot's own earlier post when a retry does
+    # not know whether it went out: in channels, private channels and its direct messages).
     # app_home_opened needs no scope.
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(
         [
@@ -78,6 +79,7 @@ def test_scopes_are_the_smallest_set_used(manifest):
             "im:write",
             "channels:history",
             "groups:history",
+            "im:history",
         ]
     )
     assert "user" not in manifest["oauth_config"]["scopes"]

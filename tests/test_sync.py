@@ -8,11 +8,12 @@ import itertools
 import json
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 
 import aio_pika
 import aiohttp
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
 from bot import metrics
@@ -23,7 +24,13 @@ from bot.service import Tuning
 from bot.slack_out import make_client
 from storage import outbox, shared_cards
 from storage.customers import Customers
-from storage.models import AlertDelivery, Customer, ProcessedEvent, TimelineEntry
+from storage.models import (
+    AlertDelivery,
+    Customer,
+    DeliveryLease,
+    ProcessedEvent,
+    TimelineEntry,
+)
 from tests.faults.proxy import TcpProxy
 from tests.fixtures.amqp import depth, rabbitmqctl
 from tests.fixtures.bot import (
@@ -474,13 +481,75 @@ async def test_slack_failing_for_a_while_then_every_alert_posted_once(sync_bot, 
     await processed(bot, 24, within=20)
     await eventually(lambda: _none_pending(bot), within=20)
     assert sandbox.faults.scripted[0].times == 0  # the failures did happen
+    await _each_alert_once_where_recorded(bot, stream, threads=4)
+
+
+async def test_alerts_whose_answers_slack_lost_are_posted_once(sync_bot, sandbox):
+    """Slack posts, and its answer is lost (a 5xx, a dropped connection): the bot finds each
+    such post by its key instead of posting it again (slack_sdk's own retries would)."""
+    bot = await sync_bot()
+    customers = [f"C-{i}" for i in range(3)]
+    await bot.publish(*(ev("customer.upserted", c, name=f"Cust {c}") for c in customers))
+    await processed(bot, 3)
+    sandbox.fail("chat.postMessage", status=503, times=12, applied=True)
+    sandbox.fail("chat.postMessage", disconnect=True, times=8, applied=True)
+    stream = [ticket(ext=c, tid=f"T-{c}-{n}") for n in range(3) for c in customers]
+    await bot.publish(*stream)
+    await processed(bot, 12, within=20)
+    await eventually(lambda: _none_pending(bot), within=20)
+    assert [f.times for f in sandbox.faults.scripted] == [0, 0]  # 20 answers were lost
+    await _each_alert_once_where_recorded(bot, stream, threads=3)
+
+
+async def test_posts_a_crashed_process_left_unrecorded_are_found_by_the_next_one(sync_bot, sandbox):
+    """What a crash between Slack's answer and the record leaves: posts in Slack, their rows
+    still pending. Here Slack's answers are lost and so are the lookups, until the bot stops;
+    a new process, once the dead one's lease ran out, finds those posts by their keys (a
+    thread header among them) and posts only the rest."""
+    bot = await sync_bot()
+    await bot.publish(ev("customer.upserted", "C-1", name="Ada"), ticket(ext="C-1", tid="T-0"))
+    await bot.publish(ev("customer.upserted", "C-2", name="Bea"))
+    await processed(bot, 3)
+    await eventually(lambda: _none_pending(bot))  # Ada has threads; Bea has none yet
+    for method in ("conversations.history", "conversations.replies"):
+        sandbox.fail(method, status=503, times=10_000)
+    sandbox.fail("chat.postMessage", status=503, times=10_000, applied=True)
+    stream = [ticket(ext=c, tid=f"T-{c}-{n}") for n in range(3) for c in ("C-1", "C-2")]
+    await bot.publish(*stream)
+    await processed(bot, 9)
+    # In Slack, unrecorded: Ada's first new alert and Bea's header, in each channel.
+    await eventually(lambda: all(len(bot.store.all_messages(c)) == 4 for c in (SALES, SERVICE)))
+    await bot.service.stop()
+    sandbox.clear_faults()
+    async with bot.deps.db.transaction() as session:
+        assert await count(bot, AlertDelivery, AlertDelivery.status == "pending") == 12
+        await session.execute(update(DeliveryLease).values(until=datetime(2000, 1, 1, tzinfo=UTC)))
+
+    after = await sync_bot()
+    await eventually(lambda: _none_pending(after), within=20)
+    await _each_alert_once_where_recorded(after, [ticket(ext="C-1", tid="T-0"), *stream], threads=2)
+
+
+async def _each_alert_once_where_recorded(bot: Harness, stream: list[dict], threads: int) -> None:
+    """Every ticket of the stream shows once in SALES and in SERVICE, in one thread per
+    customer, and its ledger row is `posted` with the ts of the message that shows it."""
+    tickets = {e["id"]: f"Ticket [{e['data']['ticket_id']}] escalated" for e in stream}
     for channel in (SALES, SERVICE):
         texts = "\n".join(replies(bot, channel))
-        for e in stream:
-            line = f"Ticket [{e['data']['ticket_id']}] escalated"
+        for line in tickets.values():
             assert texts.count(line) == 1, (channel, line)
         headers = [m for m in bot.store.messages(channel) if m.get("subtype") != "thread_broadcast"]
-        assert len(headers) == 4  # one thread per customer, however often posting failed
+        assert len(headers) == threads  # one thread per customer, however often posting failed
+    async with bot.deps.db.transaction() as session:
+        rows = (
+            await session.execute(
+                select(AlertDelivery).where(AlertDelivery.event_id.in_(list(tickets)))
+            )
+        ).scalars()
+        for row in rows:
+            assert row.status == "posted"
+            shown = bot.store.message(row.channel_id, row.ts)
+            assert shown is not None and tickets[row.event_id] in block_texts(shown["blocks"])
 
 
 async def test_a_burst_is_coalesced_into_few_messages(sync_bot):

@@ -1,5 +1,6 @@
-"""Slack answering 429 and 5xx in bursts (and dropping connections) while events and commands
-flow: nothing is lost, nothing is posted twice, every handoff and approval is consistent."""
+"""Slack answering 429 and 5xx in bursts (and dropping connections, and losing the answers to
+posts it made) while events and commands flow: nothing is lost, nothing is posted twice, every
+handoff and approval is consistent."""
 
 from __future__ import annotations
 
@@ -30,11 +31,14 @@ async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, s
             dict(method=None, status=503, times=12),
             dict(method="chat.postMessage", status=500, times=8),
             dict(method=None, status=502, times=4, disconnect=True),
+            # Slack posts, and the answer is lost on the way back:
+            dict(method="chat.postMessage", status=503, times=6, applied=True),
+            dict(method="chat.postMessage", times=4, disconnect=True, applied=True),
         ]
         for i, fault in enumerate(faults):
             await deadline_poll(lambda i=i: len(stream.published) >= 6 + 20 * (i + 1), 30)
             stack.sandbox.fail(**fault)
-        await deadline_poll(lambda: len(stream.published) >= 6 + 20 * 5, 30)
+        await deadline_poll(lambda: len(stream.published) >= 6 + 20 * (len(faults) + 1), 30)
         await traffic.end()
         t1 = time.monotonic()
         await settled(db, stream, stack.amqp_url, within=settle_window(stream, bad))
