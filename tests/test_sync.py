@@ -501,12 +501,16 @@ async def test_alerts_whose_answers_slack_lost_are_posted_once(sync_bot, sandbox
     await _each_alert_once_where_recorded(bot, stream, threads=3)
 
 
-async def test_posts_a_crashed_process_left_unrecorded_are_found_by_the_next_one(sync_bot, sandbox):
+@pytest.mark.parametrize("window", [0, 1], ids=["one-per-alert", "coalesced"])
+async def test_posts_a_crashed_process_left_unrecorded_are_found_by_the_next_one(
+    sync_bot, sandbox, window
+):
     """What a crash between Slack's answer and the record leaves: posts in Slack, their rows
     still pending. Here Slack's answers are lost and so are the lookups, until the bot stops;
     a new process, once the dead one's lease ran out, finds those posts by their keys (a
     thread header among them) and posts only the rest."""
-    bot = await sync_bot()
+    config = f"[sync]\ncoalesce_seconds = {window}\n"
+    bot = await sync_bot(config)
     await bot.publish(ev("customer.upserted", "C-1", name="Ada"), ticket(ext="C-1", tid="T-0"))
     await bot.publish(ev("customer.upserted", "C-2", name="Bea"))
     await processed(bot, 3)
@@ -525,7 +529,7 @@ async def test_posts_a_crashed_process_left_unrecorded_are_found_by_the_next_one
         assert await count(bot, AlertDelivery, AlertDelivery.status == "pending") == 12
         await session.execute(update(DeliveryLease).values(until=datetime(2000, 1, 1, tzinfo=UTC)))
 
-    after = await sync_bot()
+    after = await sync_bot(config)
     await eventually(lambda: _none_pending(after), within=20)
     await _each_alert_once_where_recorded(after, [ticket(ext="C-1", tid="T-0"), *stream], threads=2)
 
