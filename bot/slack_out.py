@@ -431,14 +431,18 @@ class SlackOut:
         return dict(data.get("view") or {})
 
     async def dm(
-        self, user: str, text: str, blocks: list[dict[str, Any]] | None = None
+        self,
+        user: str,
+        text: str,
+        blocks: list[dict[str, Any]] | None = None,
+        key: str | None = None,
     ) -> dict[str, Any]:
         """A direct message from the bot to `user` (conversations.open, then a paced post)."""
         data = await self._call(
             "conversations.open", lambda: self.client.conversations_open(users=user)
         )
         channel = str((data.get("channel") or {}).get("id", ""))
-        return await self.post(channel, text, blocks)
+        return await self.post(channel, text, blocks, key=key)
 
     async def find_posted(
         self, channel: str, key: str, since: float, thread_ts: str | None = None

@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.blocks.approvals import ApprovalView, outcome_text, request_message
-from bot.slack_out import SlackError
+from bot.slack_out import CLOCK_SKEW, SlackError
 from storage import audit, outbox
 from storage.approvals import Approvals, parse_id
 from storage.customers import Customers
@@ -184,11 +184,23 @@ async def create(
     return view
 
 
-async def post_request(deps: Deps, view: ApprovalView, dept: DepartmentView) -> ApprovalView:
-    """Post the request in the department's channel and remember where."""
+async def post_request(
+    deps: Deps, view: ApprovalView, dept: DepartmentView, *, recovering: bool = False
+) -> ApprovalView:
+    """Post the request in the department's channel and remember where. The post carries the
+    approval's key, so a repost after a crash adopts the message that did go out instead of
+    posting a second one (with buttons of its own)."""
     text, blocks = request_message(view)
+    key = f"approval:{view.id}"
     try:
-        posted = await deps.slack.post(dept.channel_id, text, blocks)
+        found = None
+        if recovering and view.created_at is not None:
+            since = view.created_at.timestamp() - CLOCK_SKEW
+            found = await deps.slack.find_posted(dept.channel_id, key, since)
+        if found is not None:
+            posted = {"channel": dept.channel_id, "ts": found}
+        else:
+            posted = await deps.slack.post(dept.channel_id, text, blocks, key=key)
     except SlackError as exc:
         log.warning("approval %s: could not post the request (%s)", view.id, exc.kind)
         return view
@@ -395,5 +407,5 @@ async def expire_due(deps: Deps) -> int:
         view = await load_view(deps, approval_id)
         dept = departments.get(view.department_key) if view else None
         if view is not None and view.message_ts is None and dept is not None:
-            await post_request(deps, view, dept)
+            await post_request(deps, view, dept, recovering=True)
     return expired

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from bot.blocks import handoffs as render
 from bot.blocks.customers import label
-from bot.slack_out import SlackError
+from bot.slack_out import CLOCK_SKEW, SlackError
 from storage import audit, outbox
 from storage.customers import Customers
 from storage.handoffs import HandoffRecord, Handoffs
@@ -179,8 +179,9 @@ async def _publish(
         record, from_name=home.name if home else None, to_name=to.name
     )
     ts = None
+    since = record.created_at.timestamp() - CLOCK_SKEW
     if recovering:
-        ts = await deps.slack.find_posted(to.channel_id, key, record.created_at.timestamp() - 60)
+        ts = await deps.slack.find_posted(to.channel_id, key, since)
     if ts is None:
         ts = (await deps.slack.post(to.channel_id, text, blocks, key=key))["ts"]
     record.channel_id, record.message_ts = to.channel_id, ts
@@ -189,7 +190,14 @@ async def _publish(
 
     side = requester_channel or (home.channel_id if home else None)
     text, blocks = render.requester_message(record, to_name=to.name, parent_link=link)
-    mine = await _post_requester(deps, side, record.requested_by, text, blocks)
+    mine = None
+    if recovering and side:
+        found = await deps.slack.find_posted(side, f"{key}:requester", since)
+        mine = (side, found) if found else None
+    if mine is None:
+        mine = await _post_requester(
+            deps, side, record.requested_by, text, blocks, key=f"{key}:requester"
+        )
     if mine:
         record.requester_channel_id, record.requester_ts = mine
         await _save_messages(deps, record.id, requester=mine)
@@ -224,16 +232,18 @@ async def repost_unposted(deps: Deps) -> int:
     return done
 
 
-async def _post_requester(deps: Deps, channel, user, text, blocks) -> tuple[str, str] | None:
+async def _post_requester(
+    deps: Deps, channel, user, text, blocks, *, key: str
+) -> tuple[str, str] | None:
     """Post on the requester's side: their channel, or a DM when that fails or is unknown."""
     if channel:
         try:
-            posted = await deps.slack.post(channel, text, blocks)
+            posted = await deps.slack.post(channel, text, blocks, key=key)
             return posted["channel"], posted["ts"]
         except SlackError as exc:
             log.warning("requester side %s: %s; sending a DM instead", channel, exc.kind)
     try:
-        posted = await deps.slack.dm(user, text, blocks)
+        posted = await deps.slack.dm(user, text, blocks, key=key)
         return posted["channel"], posted["ts"]
     except SlackError as exc:
         log.warning("requester DM failed: %s", exc.kind)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
 from handlers import approvals as approvals_handler
 from storage import audit
@@ -393,3 +393,21 @@ async def test_request_posted_later_when_slack_failed(bot):
     assert row.message_ts and bot.store.message(FINANCE, row.message_ts) is not None
     await job()  # posted once
     assert len(bot.store.messages(FINANCE)) == 1
+
+
+async def test_a_request_that_went_out_before_a_crash_is_adopted_not_posted_again(bot):
+    """As if the process died between Slack's answer and saving the message's ts: the job's
+    repost finds the message by its key instead of posting a second request."""
+    await seed(bot)
+    row = await ask(bot, BOB, SALES, "C-100 credit 100")
+    first_ts = row.message_ts
+    async with bot.deps.db.transaction() as session:
+        await session.execute(
+            update(Approval).where(Approval.id == row.id).values(message_ts=None, channel_id=None)
+        )
+    bot.deps.clock = lambda: utcnow() + timedelta(minutes=3)
+    [(_, _, job)] = approvals_handler.jobs(bot.deps)
+    await job()
+    [row] = await rows(bot)
+    assert row.message_ts == first_ts
+    assert [m["ts"] for m in bot.store.messages(FINANCE)] == [first_ts]

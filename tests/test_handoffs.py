@@ -541,7 +541,7 @@ async def forget_the_post(db, h, *, remove_from_slack=None):
 
 
 async def test_a_post_that_went_out_is_adopted_not_repeated(bot):
-    h, parent, _ = await open_handoff(bot)
+    h, parent, mine = await open_handoff(bot)
     await forget_the_post(bot.deps.db, h)
     assert await handoff_flow.repost_unposted(bot.deps) == 1
     assert await handoff_flow.repost_unposted(bot.deps) == 0
@@ -551,6 +551,9 @@ async def test_a_post_that_went_out_is_adopted_not_repeated(bot):
     assert [m for m in bot.store.messages(FINANCE) if "Handoff" in m["text"]] == [
         bot.store.message(FINANCE, parent["ts"])
     ]
+    # and on the requester's side, the link message that went out too
+    assert (again.requester_channel_id, again.requester_ts) == (SALES, mine["ts"])
+    assert [m["ts"] for m in bot.store.messages(SALES)] == [mine["ts"]]
     await click(bot, FRANK, again, "handoff_accept")  # and its buttons work
     await eventually(lambda: len(bot.store.thread(FINANCE, again.message_ts)) == 2)
 
