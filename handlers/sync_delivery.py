@@ -325,11 +325,11 @@ class Delivery:
             thread_ts, items = await self._adopt(round_id, about, channel, thread_ts, items)
         coalesce = self.window > 0
         for batch in alerts.batches(items, coalesce=coalesce):
-            key = batch_key(round_id, batch, coalesce)
+            post_key = batch_key(round_id, batch, coalesce)
             lines = [p.line for p in batch.items]
             if batch.placement == alerts.TOP_LEVEL:
                 text, blocks = alert_message(lines, customer=about.record)
-                posted = await slack.post(channel, text, blocks, key=key)
+                posted = await slack.post(channel, text, blocks, key=post_key)
             else:
                 if thread_ts is None:
                     text, blocks = thread_header(about.record)
@@ -343,7 +343,7 @@ class Delivery:
                     blocks,
                     thread_ts=thread_ts,
                     reply_broadcast=batch.broadcast,
-                    key=key,
+                    key=post_key,
                 )
             metrics.alerts_posted_total.inc(len(batch.items))
             settled = [(key, ledger.POSTED, posted["ts"], None) for key in batch.keys]
