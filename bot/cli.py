@@ -72,6 +72,16 @@ def build_parser() -> argparse.ArgumentParser:
     ql.add_argument("--limit", type=int, default=100)
     qr = qsub.add_parser("replay", help="re-drive dead letters into the sync queue")
     qr.add_argument("--id", action="append", dest="ids", help="event id (repeatable; default all)")
+
+    al = sub.add_parser("alerts", help="sync alerts Slack refused for good")
+    alsub = al.add_subparsers(dest="alerts_command", required=True, parser_class=_Parser)
+    af = alsub.add_parser("failed", help="show alerts Slack refused, with the reason")
+    af.add_argument("--limit", type=int, default=100)
+    ar = alsub.add_parser(
+        "retry", help="make failed alerts pending again: the running bot posts them"
+    )
+    ar.add_argument("--channel", action="append", dest="channels", help="channel id (repeatable)")
+    ar.add_argument("--id", action="append", dest="ids", help="event id (repeatable)")
     return p
 
 
@@ -175,6 +185,25 @@ async def _storage_command(args, db, vault) -> int:
         async with db.transaction() as session:
             async for entry in audit.export(session, args.since, vault):
                 print(json.dumps(entry, sort_keys=True))
+    elif args.command == "alerts":
+        return await _alerts(args, db)
+    return 0
+
+
+async def _alerts(args, db) -> int:
+    from storage import sync_ledger
+
+    async with db.transaction() as session:
+        if args.alerts_command == "failed":
+            rows = await sync_ledger.failed(session, limit=args.limit)
+            for at, event_id, channel, error in rows:
+                print(f"{at:%Y-%m-%dT%H:%M:%SZ}\t{event_id}\t{channel}\t{error}")
+            print(f"{len(rows)} failed alerts")
+        else:
+            n = await sync_ledger.retry_failed(
+                session, channels=args.channels or (), event_ids=args.ids or ()
+            )
+            print(f"{n} failed alerts are pending again; the running bot posts them")
     return 0
 
 

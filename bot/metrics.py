@@ -34,6 +34,12 @@ alerts_posted_total = Counter(
     "Sync alerts posted to channels",
     registry=REGISTRY,
 )
+alerts_failed_total = Counter(
+    "crm_alerts_failed_total",
+    "Sync alerts Slack refused for good, by reason (`crm-bot alerts failed` lists them)",
+    ["kind"],
+    registry=REGISTRY,
+)
 outbox_published_total = Counter(
     "crm_outbox_published_total",
     "Outbox events published to RabbitMQ",

@@ -193,19 +193,23 @@ class Delivery:
         failures: dict[uuid.UUID, Exception] = {}
 
         async def one(about: _About, channel: str, thread_ts, items) -> None:
+            posted: set[ledger.DeliveryKey] = set()
             try:
-                await self._post(round_id, about, channel, thread_ts, items)
+                await self._post(round_id, about, channel, thread_ts, items, posted)
             except SlackError as exc:
                 if exc.transient:
                     failures.setdefault(about.id, exc)
                     return
+                failed = [(p.key, ledger.FAILED, None, exc.kind) for p in items]
+                failed = [f for f in failed if f[0] not in posted]
                 log.warning(
-                    "alerts for customer %s in %s failed for good: %s",
+                    "%d alerts for customer %s in %s failed for good: %s",
+                    len(failed),
                     about.id,
                     channel,
                     exc.kind,
                 )
-                failed = [(p.key, ledger.FAILED, None, exc.kind) for p in items]
+                metrics.alerts_failed_total.labels(exc.kind).inc(len(failed))
                 await self._record(_Done(settled=failed))
 
         # Every (customer, channel) of the round posts at once, each in order; the round holds
@@ -319,10 +323,15 @@ class Delivery:
         channel: str,
         thread_ts: str | None,
         items: list[alerts.Pending],
+        posted_keys: set[ledger.DeliveryKey],
     ) -> None:
+        """Post these alerts of one customer in one channel, in order, each recorded before
+        the next; `posted_keys` gathers what was recorded posted (the rest fails with a raise)."""
         slack = self.deps.slack
         if any(p.tried for p in items):
-            thread_ts, items = await self._adopt(round_id, about, channel, thread_ts, items)
+            thread_ts, left = await self._adopt(round_id, about, channel, thread_ts, items)
+            posted_keys.update({p.key for p in items} - {p.key for p in left})
+            items = left
         coalesce = self.window > 0
         for batch in alerts.batches(items, coalesce=coalesce):
             post_key = batch_key(round_id, batch, coalesce)
@@ -348,6 +357,7 @@ class Delivery:
             metrics.alerts_posted_total.inc(len(batch.items))
             settled = [(key, ledger.POSTED, posted["ts"], None) for key in batch.keys]
             await self._record(_Done(settled=settled))
+            posted_keys.update(batch.keys)
             self.recent[(about.id, channel)] = self.deps.clock()
 
     async def _adopt(

@@ -268,6 +268,37 @@ async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) 
     await session.execute(stmt, params)
 
 
+async def failed(session: AsyncSession, limit: int = 100) -> list:
+    """The alerts Slack refused for good (newest first): event, channel, reason, when; never
+    their text."""
+    table = AlertDelivery.__table__
+    stmt = (
+        select(table.c.created_at, table.c.event_id, table.c.channel_id, table.c.error)
+        .where(table.c.status == FAILED)
+        .order_by(table.c.created_at.desc(), table.c.event_id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).all())
+
+
+async def retry_failed(
+    session: AsyncSession, *, channels: Sequence[str] = (), event_ids: Sequence[str] = ()
+) -> int:
+    """Make failed alerts (of these channels, these events; all when neither is given)
+    pending again, for the running bot to post. Returns how many."""
+    table = AlertDelivery.__table__
+    stmt = (
+        update(table)
+        .where(table.c.status == FAILED)
+        .values(status=PENDING, error=None, tried_in=None, tried_at=None)
+    )
+    if channels:
+        stmt = stmt.where(table.c.channel_id.in_(list(channels)))
+    if event_ids:
+        stmt = stmt.where(table.c.event_id.in_(list(event_ids)))
+    return (await session.execute(stmt)).rowcount
+
+
 # --- per-customer threads ---------------------------------------------------------------------
 
 

@@ -150,6 +150,7 @@ def test_every_command_has_help(tmp_path):
         ["keys", "rotate", "--help"],
         ["audit", "verify", "--help"],
         ["dlq", "replay", "--help"],
+        ["alerts", "retry", "--help"],
     ):
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 0 and "usage: crm-bot" in result.stdout, args

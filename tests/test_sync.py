@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -44,6 +47,7 @@ from tests.fixtures.bot import (
     bot_settings,
     start_bot,
 )
+from tests.fixtures.db import KEY_LINE
 from tests.fixtures.slack import BOT_TOKEN, block_texts, eventually
 
 _ids = itertools.count(1)
@@ -532,6 +536,61 @@ async def test_posts_a_crashed_process_left_unrecorded_are_found_by_the_next_one
     after = await sync_bot(config)
     await eventually(lambda: _none_pending(after), within=20)
     await _each_alert_once_where_recorded(after, [ticket(ext="C-1", tid="T-0"), *stream], threads=2)
+
+
+async def test_alerts_slack_refused_are_listed_counted_and_posted_again_on_retry(
+    sync_bot, sandbox, db_url, tmp_path
+):
+    """#finance archived: its alert fails for good (the other channel's goes out), is counted
+    and listed by `crm-bot alerts failed` (without its text); once the channel is back,
+    `crm-bot alerts retry --channel` hands it back to the running bot, which posts it."""
+    bot = await sync_bot()
+    await bot.publish(ev("customer.upserted", name="Ada Lovelace"))
+    await processed(bot, 1)
+    sandbox.store.channels[FINANCE]["is_archived"] = True
+    refused_before = _failed_total("is_archived")
+    deal = won()
+    await bot.publish(deal)
+    await processed(bot, 2)
+    await eventually(lambda: _none_pending(bot))
+    assert _failed_total("is_archived") == refused_before + 1
+    assert "Deal Renewal [D-1] moved to closed won" in "\n".join(replies(bot, SERVICE))
+    assert bot.store.all_messages(FINANCE) == []
+
+    def crm_bot(*args: str) -> subprocess.CompletedProcess:
+        env = {**os.environ, "DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
+        for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "CRM_CONFIG", "AMQP_URL"):
+            env.pop(name, None)
+        done = subprocess.run(
+            [sys.executable, "-m", "bot", *args],
+            env=env,
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+        return done
+
+    listed = crm_bot("alerts", "failed").stdout.splitlines()
+    assert listed[-1] == "1 failed alerts"
+    assert listed[0].split("\t")[1:] == [deal["id"], FINANCE, "is_archived"]
+    assert "Ada" not in "\n".join(listed) and "Renewal" not in "\n".join(listed)
+
+    sandbox.store.channels[FINANCE]["is_archived"] = False
+    none = crm_bot("alerts", "retry", "--channel", "C0NOSUCH1").stdout
+    assert none.startswith("0 failed alerts are pending again")
+    again = crm_bot("alerts", "retry", "--channel", FINANCE).stdout
+    assert again.startswith("1 failed alerts are pending again")
+    thread = await eventually(lambda: bot.store.all_messages(FINANCE), within=10)
+    await eventually(lambda: _none_pending(bot))
+    texts = [block_texts(m.get("blocks") or []) for m in bot.store.all_messages(FINANCE)]
+    assert "Ada Lovelace" in texts[0] and "moved to closed won" in texts[1], thread
+    assert crm_bot("alerts", "failed").stdout.strip() == "0 failed alerts"
+
+
+def _failed_total(kind: str) -> float:
+    return metrics.REGISTRY.get_sample_value("crm_alerts_failed_total", {"kind": kind}) or 0.0
 
 
 async def _each_alert_once_where_recorded(bot: Harness, stream: list[dict], threads: int) -> None:
