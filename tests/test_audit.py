@@ -6,9 +6,7 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import subprocess
-import sys
 from datetime import timedelta
 
 import pytest
@@ -22,6 +20,7 @@ from storage.models import utcnow
 from storage.vault import Vault
 
 from .fixtures.bot import bot_settings, start_bot
+from .fixtures.cli import run_cli
 from .fixtures.db import KEY_LINE
 from .fixtures.slack import eventually
 
@@ -268,19 +267,9 @@ async def test_export_decrypts_details_and_filters_by_time(chain, vault):
 
 
 async def test_cli_verify_and_export(chain, db_url, tmp_path):
-    env = {**os.environ, "DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
-    for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "CRM_CONFIG"):
-        env.pop(name, None)
-
     def crm_bot(*args: str) -> subprocess.CompletedProcess:
-        return subprocess.run(
-            [sys.executable, "-m", "bot", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        env = {"DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
+        return run_cli(*args, env=env, cwd=tmp_path)
 
     ok = crm_bot("audit", "export", "--since", "2000-01-01")
     assert ok.returncode == 0, ok.stderr

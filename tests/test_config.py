@@ -1,13 +1,10 @@
 """CRM_CONFIG and settings: good files parse; bad ones give one line naming the place."""
 
-import os
-import subprocess
-import sys
-
 import pytest
 
 from bot.config import ConfigError, parse_config
 from tests.fixtures.bot import TEST_CONFIG
+from tests.fixtures.cli import run_cli
 
 
 def test_the_test_config_parses():
@@ -70,22 +67,6 @@ def test_bad_config_names_the_line(text, expected):
     message = str(err.value)
     assert expected in message
     assert "\n" not in message
-
-
-def run_cli(*args, env=None, cwd=None):
-    base = {
-        k: v
-        for k, v in os.environ.items()
-        if not k.startswith(("SLACK_", "CRM_", "DATABASE_", "AMQP_"))
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "bot", *args],
-        capture_output=True,
-        text=True,
-        env={**base, **(env or {})},
-        cwd=cwd,
-        timeout=60,
-    )
 
 
 @pytest.mark.parametrize(

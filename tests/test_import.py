@@ -1,11 +1,9 @@
 """`crm-bot import`: CSV and JSON Lines, upsert by external id, rejects with line numbers."""
 
 import json
-import os
-import subprocess
-import sys
 
 from storage.customers import Customers
+from tests.fixtures.cli import run_cli
 from tests.fixtures.db import KEY_LINE
 
 CSV = """external_id,name,email,phone,company,tier,lifecycle_stage,annual_value,notes
@@ -73,18 +71,10 @@ async def test_jsonl_import(db, vault, tmp_path):
 
 def test_import_command_end_to_end(tmp_path):
     (tmp_path / "c.csv").write_text(CSV)
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("SLACK_", "CRM_", "DATABASE_"))}
-    env.update(CRM_MASTER_KEYS=KEY_LINE, DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'x.db'}")
+    env = {"CRM_MASTER_KEYS": KEY_LINE, "DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path / 'x.db'}"}
 
     def crm(*args):
-        return subprocess.run(
-            [sys.executable, "-m", "bot", *args],
-            capture_output=True,
-            text=True,
-            env=env,
-            cwd=tmp_path,
-            timeout=60,
-        )
+        return run_cli(*args, env=env, cwd=tmp_path)
 
     assert crm("import", "c.csv").returncode == 2  # not migrated yet: says so
     assert crm("migrate").returncode == 0

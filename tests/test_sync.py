@@ -6,9 +6,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
-import os
 import subprocess
-import sys
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable
 from datetime import UTC, datetime
@@ -47,6 +45,7 @@ from tests.fixtures.bot import (
     bot_settings,
     start_bot,
 )
+from tests.fixtures.cli import run_cli
 from tests.fixtures.db import KEY_LINE
 from tests.fixtures.slack import BOT_TOKEN, block_texts, eventually
 
@@ -558,17 +557,8 @@ async def test_alerts_slack_refused_are_listed_counted_and_posted_again_on_retry
     assert bot.store.all_messages(FINANCE) == []
 
     def crm_bot(*args: str) -> subprocess.CompletedProcess:
-        env = {**os.environ, "DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
-        for name in ("SLACK_BOT_TOKEN", "SLACK_SIGNING_SECRET", "CRM_CONFIG", "AMQP_URL"):
-            env.pop(name, None)
-        done = subprocess.run(
-            [sys.executable, "-m", "bot", *args],
-            env=env,
-            cwd=tmp_path,
-            capture_output=True,
-            text=True,
-            timeout=60,
-        )
+        env = {"DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
+        done = run_cli(*args, env=env, cwd=tmp_path)
         assert done.returncode == 0, done.stderr
         return done
 
