@@ -438,11 +438,14 @@ class SlackOut:
         key: str | None = None,
     ) -> dict[str, Any]:
         """A direct message from the bot to `user` (conversations.open, then a paced post)."""
+        return await self.post(await self.dm_channel(user), text, blocks, key=key)
+
+    async def dm_channel(self, user: str) -> str:
+        """The id of the direct-message channel between the bot and `user`."""
         data = await self._call(
             "conversations.open", lambda: self.client.conversations_open(users=user)
         )
-        channel = str((data.get("channel") or {}).get("id", ""))
-        return await self.post(channel, text, blocks, key=key)
+        return str((data.get("channel") or {}).get("id", ""))
 
     async def find_posted(
         self, channel: str, key: str, since: float, thread_ts: str | None = None

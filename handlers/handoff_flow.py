@@ -191,9 +191,8 @@ async def _publish(
     side = requester_channel or (home.channel_id if home else None)
     text, blocks = render.requester_message(record, to_name=to.name, parent_link=link)
     mine = None
-    if recovering and side:
-        found = await deps.slack.find_posted(side, f"{key}:requester", since)
-        mine = (side, found) if found else None
+    if recovering:
+        mine = await _find_requester(deps, side, record.requested_by, f"{key}:requester", since)
     if mine is None:
         mine = await _post_requester(
             deps, side, record.requested_by, text, blocks, key=f"{key}:requester"
@@ -230,6 +229,24 @@ async def repost_unposted(deps: Deps) -> int:
         log.info("handoff %s: posted after recovery", hid)
         done += 1
     return done
+
+
+async def _find_requester(
+    deps: Deps, channel, user, key: str, since: float
+) -> tuple[str, str] | None:
+    """The requester-side message a crash left unsaved, where `_post_requester` puts it: the
+    channel, or the DM it falls back to. A place Slack refuses to show is not where it is."""
+    for place in (channel, None) if channel else (None,):
+        try:
+            where = place or await deps.slack.dm_channel(user)
+            ts = await deps.slack.find_posted(where, key, since)
+        except SlackError as exc:
+            if exc.transient:
+                raise
+            continue
+        if ts is not None:
+            return where, ts
+    return None
 
 
 async def _post_requester(

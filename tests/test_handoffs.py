@@ -13,6 +13,7 @@ import jsonschema
 import pytest
 from sqlalchemy import select, update
 
+from bot.sandbox.store import dm_channel_id
 from handlers import handoff_flow
 from handlers.handoffs import home_section
 from storage import audit
@@ -556,6 +557,23 @@ async def test_a_post_that_went_out_is_adopted_not_repeated(bot):
     assert [m["ts"] for m in bot.store.messages(SALES)] == [mine["ts"]]
     await click(bot, FRANK, again, "handoff_accept")  # and its buttons work
     await eventually(lambda: len(bot.store.thread(FINANCE, again.message_ts)) == 2)
+
+
+async def test_a_requester_dm_that_went_out_is_adopted_not_repeated(bot):
+    """#sales refused the requester's link (archived), so it went to Alice as a DM; the
+    repost after a crash finds it there instead of sending a second DM."""
+    await seed(bot.deps)
+    bot.sandbox.store.channels[SALES]["is_archived"] = True
+    assert "off to Finance" in await handoff_via_command(bot)
+    (h,) = await rows(bot.deps)
+    [dm] = await eventually(lambda: h.requester_ts and bot.store.dms(ALICE))
+    assert (h.requester_channel_id, h.requester_ts) == (dm_channel_id(ALICE), dm["ts"])
+    await forget_the_post(bot.deps.db, h)
+    assert await handoff_flow.repost_unposted(bot.deps) == 1
+    async with bot.deps.db.transaction() as session:
+        again = await session.get(Handoff, h.id)
+    assert (again.requester_channel_id, again.requester_ts) == (dm_channel_id(ALICE), dm["ts"])
+    assert [m["ts"] for m in bot.store.dms(ALICE)] == [dm["ts"]]
 
 
 async def test_a_post_that_never_went_out_is_posted_by_the_job(bot):
