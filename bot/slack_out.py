@@ -287,6 +287,7 @@ class SlackOut:
         thread_ts: str | None = None,
         reply_broadcast: bool = False,
         key: str | None = None,
+        tried_at: float | None = None,
     ) -> dict[str, Any]:
         """chat.postMessage, paced per channel; returns {"channel", "ts"}.
 
@@ -294,8 +295,14 @@ class SlackOut:
         once: when Slack's answer is lost (a 5xx, a dropped connection) the message may have
         gone out all the same, so before posting again the channel (or the thread) is searched
         for the key, and a message found is the answer. A caller that may have to look for its
-        post later (after a crash) passes its own key, for `find_posted` and `keyed_posts`."""
+        post later passes its own key (for `find_posted` and `keyed_posts`), and on a repost
+        after a crash `tried_at`, when the first try was made: a post with the key since then
+        is the answer, and nothing is posted."""
         key = key or uuid.uuid4().hex
+        if tried_at is not None:
+            found = await self.find_posted(channel, key, tried_at, thread_ts)
+            if found is not None:
+                return {"channel": channel, "ts": found}
         text, blocks = fit_to_limits(text, blocks)
         args: dict[str, Any] = {
             "channel": channel,
@@ -324,21 +331,22 @@ class SlackOut:
         """Post, and after an answer that leaves the outcome unknown, look for the key before
         posting again (on the client's own 5xx schedule)."""
         channel, thread_ts = args["channel"], args.get("thread_ts")
-        since = time.time() - CLOCK_SKEW
+        since = time.time()
         retries, interval = self._resend_schedule()
         client = self._once_client()
-        for attempt in range(retries + 1):
+        attempt = 0
+        while True:
             try:
                 return await self._call("chat.postMessage", lambda: client.chat_postMessage(**args))
             except SlackError as exc:
-                if exc.kind not in OUTCOME_UNKNOWN or attempt == retries:
+                if exc.kind not in OUTCOME_UNKNOWN or attempt >= retries:
                     raise
-                await asyncio.sleep(interval.calculate_sleep_duration(attempt))
-            ts = (await self.keyed_posts(channel, since, thread_ts)).get(key)
+            await asyncio.sleep(interval.calculate_sleep_duration(attempt))
+            ts = await self.find_posted(channel, key, since, thread_ts)
             if ts is not None:
                 log.info("a post whose answer was lost had gone out; adopted")
                 return {"channel": channel, "ts": ts}
-        raise AssertionError("unreachable")
+            attempt += 1
 
     def _once_client(self) -> AsyncWebClient:
         """`client` without the retries that could repeat a post Slack may have made (after a
@@ -451,23 +459,25 @@ class SlackOut:
         self, channel: str, key: str, since: float, thread_ts: str | None = None
     ) -> str | None:
         """The ts of a message posted with `post(..., key=key)` in `channel` (in the thread
-        `thread_ts`, when given) since `since` (a Unix time), or None: lets a retry whose first
-        outcome is unknown (the process died, the database was down) adopt the earlier post
-        instead of posting twice."""
+        `thread_ts`, when given) since `since` (a Unix time, by our clock), or None: lets a retry
+        whose first outcome is unknown (the process died, the database was down) adopt the
+        earlier post instead of posting twice."""
         return (await self.keyed_posts(channel, since, thread_ts)).get(key)
 
     async def keyed_posts(
         self, channel: str, since: float, thread_ts: str | None = None
     ) -> dict[str, str]:
-        """{key: ts} of the messages posted with a key in `channel` since `since`: its
-        top-level messages (conversations.history), or the thread `thread_ts`'s replies
-        (conversations.replies), every page."""
+        """{key: ts} of the messages posted with a key in `channel` since `since` (a Unix time,
+        by our clock: Slack's may be up to CLOCK_SKEW behind): its top-level messages
+        (conversations.history), or the thread `thread_ts`'s replies (conversations.replies),
+        every page."""
         found: dict[str, str] = {}
         cursor: str | None = None
+        oldest = max(0.0, since - CLOCK_SKEW)
         while True:
             args: dict[str, Any] = {
                 "channel": channel,
-                "oldest": f"{since:.6f}",
+                "oldest": f"{oldest:.6f}",
                 "limit": 200,
                 "include_all_metadata": True,
             }

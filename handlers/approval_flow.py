@@ -14,7 +14,7 @@ from datetime import timedelta
 from typing import Any
 
 from bot.blocks.approvals import ApprovalView, outcome_text, request_message
-from bot.slack_out import CLOCK_SKEW, SlackError
+from bot.slack_out import SlackError
 from storage import audit, outbox
 from storage.approvals import Approvals, parse_id
 from storage.customers import Customers
@@ -192,15 +192,9 @@ async def post_request(
     posting a second one (with buttons of its own)."""
     text, blocks = request_message(view)
     key = f"approval:{view.id}"
+    tried_at = view.created_at.timestamp() if recovering and view.created_at else None
     try:
-        found = None
-        if recovering and view.created_at is not None:
-            since = view.created_at.timestamp() - CLOCK_SKEW
-            found = await deps.slack.find_posted(dept.channel_id, key, since)
-        if found is not None:
-            posted = {"channel": dept.channel_id, "ts": found}
-        else:
-            posted = await deps.slack.post(dept.channel_id, text, blocks, key=key)
+        posted = await deps.slack.post(dept.channel_id, text, blocks, key=key, tried_at=tried_at)
     except SlackError as exc:
         log.warning("approval %s: could not post the request (%s)", view.id, exc.kind)
         return view

@@ -16,7 +16,7 @@ from datetime import timedelta
 
 from bot.blocks import handoffs as render
 from bot.blocks.customers import label
-from bot.slack_out import CLOCK_SKEW, SlackError
+from bot.slack_out import SlackError
 from storage import audit, outbox
 from storage.customers import Customers
 from storage.handoffs import HandoffRecord, Handoffs
@@ -178,12 +178,8 @@ async def _publish(
     text, blocks = render.handoff_message(
         record, from_name=home.name if home else None, to_name=to.name
     )
-    ts = None
-    since = record.created_at.timestamp() - CLOCK_SKEW
-    if recovering:
-        ts = await deps.slack.find_posted(to.channel_id, key, since)
-    if ts is None:
-        ts = (await deps.slack.post(to.channel_id, text, blocks, key=key))["ts"]
+    tried_at = record.created_at.timestamp() if recovering else None
+    ts = (await deps.slack.post(to.channel_id, text, blocks, key=key, tried_at=tried_at))["ts"]
     record.channel_id, record.message_ts = to.channel_id, ts
     await _save_messages(deps, record.id, channel=(record.channel_id, record.message_ts))
     link = await permalink(deps, record.channel_id, record.message_ts)
@@ -191,8 +187,8 @@ async def _publish(
     side = requester_channel or (home.channel_id if home else None)
     text, blocks = render.requester_message(record, to_name=to.name, parent_link=link)
     mine = None
-    if recovering:
-        mine = await _find_requester(deps, side, record.requested_by, f"{key}:requester", since)
+    if tried_at is not None:
+        mine = await _find_requester(deps, side, record.requested_by, f"{key}:requester", tried_at)
     if mine is None:
         mine = await _post_requester(
             deps, side, record.requested_by, text, blocks, key=f"{key}:requester"

@@ -55,7 +55,7 @@ from sqlalchemy import select
 from bot import metrics
 from bot.blocks.alerts import alert_message, thread_header
 from bot.blocks.customers import redacted_card
-from bot.slack_out import CLOCK_SKEW, SlackError
+from bot.slack_out import SlackError
 from storage import shared_cards
 from storage import sync_ledger as ledger
 from storage.customers import CustomerRecord, read_record
@@ -200,8 +200,9 @@ class Delivery:
                 if exc.transient:
                     failures.setdefault(about.id, exc)
                     return
-                failed = [(p.key, ledger.FAILED, None, exc.kind) for p in items]
-                failed = [f for f in failed if f[0] not in posted]
+                failed = [
+                    (p.key, ledger.FAILED, None, exc.kind) for p in items if p.key not in posted
+                ]
                 log.warning(
                     "%d alerts for customer %s in %s failed for good: %s",
                     len(failed),
@@ -375,7 +376,7 @@ class Delivery:
         Returns the thread and what is left to post."""
         slack = self.deps.slack
         tried = [p for p in items if p.tried]
-        since = min(p.tried.at for p in tried if p.tried).timestamp() - CLOCK_SKEW
+        since = min(p.tried.at for p in tried if p.tried).timestamp()
         posts: dict[str, str] = {}
         if thread_ts is None or any(p.placement == alerts.TOP_LEVEL for p in tried):
             posts |= await slack.keyed_posts(channel, since)
