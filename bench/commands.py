@@ -30,7 +30,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import customers, pct, table, throwaway_database
-from bot.config import Settings, parse_config
+from bot.lib.config import Settings, parse_config
 from bot.sandbox import Sandbox, SlackClientSim
 from bot.service import BotService, Tuning
 from storage.bulk import upsert_many

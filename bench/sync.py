@@ -55,7 +55,7 @@ from bench import cpu
 from bench.common import customers, table, throwaway_database
 from bot.broker import declare_topology
 from bot.broker.messages import event_message
-from bot.config import Settings, parse_config
+from bot.lib.config import Settings, parse_config
 from bot.service import BotService, Tuning
 from storage.models import AlertDelivery, CustomerThread, ProcessedEvent
 
@@ -442,7 +442,7 @@ async def crm_bot_replicas(
 
 
 async def paced(api_url: str, posts: int = 30) -> float:
-    from bot.slack_out import SlackOut, make_client
+    from bot.lib.slack_out import SlackOut, make_client
 
     slack = SlackOut(make_client(TOKEN, api_url), per_channel_interval=0.1, burst=3)
     started = time.perf_counter()

@@ -13,10 +13,9 @@ from slack_bolt.lazy_listener.async_internals import to_runnable_function
 from slack_bolt.lazy_listener.asyncio_runner import AsyncioLazyListenerRunner
 
 import handlers
+from bot.lib.config import Settings
+from bot.lib.slack_out import make_client
 from handlers.deps import Deps
-
-from .config import Settings
-from .slack_out import make_client
 
 log = logging.getLogger(__name__)
 

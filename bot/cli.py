@@ -11,10 +11,9 @@ from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 
+from bot.lib.config import ConfigError, load_settings
 from storage.crypto import CryptoError, generate_key_line
 from storage.db import DatabaseError
-
-from .config import ConfigError, load_settings
 
 EXIT_USAGE = 2
 
@@ -128,16 +127,16 @@ async def run(args: argparse.Namespace) -> int:
         return 0
     settings = load_settings()
     if args.command == "serve":
-        from .serve import serve
+        from bot.serve import serve
 
         return await serve(settings, port=args.port)
     if args.command == "demo":
-        from .demo import run_demo
+        from bot.demo import run_demo
 
         return await run_demo(settings, args)
     if args.command == "dlq":
         return await _dlq(settings, args)
-    from .runtime import open_storage
+    from bot.runtime import open_storage
 
     db, vault = await open_storage(settings, migrate=args.command == "migrate")
     try:
@@ -147,14 +146,13 @@ async def run(args: argparse.Namespace) -> int:
 
 
 async def _storage_command(args, db, vault) -> int:
+    from bot.progress import bar
     from storage import audit, rotation
-
-    from .progress import bar
 
     if args.command == "migrate":
         print("database is up to date")
     elif args.command == "import":
-        from .importer import count_lines, import_file
+        from bot.importer import count_lines, import_file
 
         if not args.file.is_file():
             raise UsageError(f"crm-bot import: no such file: {args.file}")
@@ -210,7 +208,7 @@ async def _alerts(args, db) -> int:
 async def _dlq(settings, args) -> int:
     if not settings.amqp_url:
         raise ConfigError("missing setting: AMQP_URL (dlq needs RabbitMQ)")
-    from .broker import dlq_list, dlq_replay
+    from bot.broker import dlq_list, dlq_replay
 
     if args.dlq_command == "list":
         letters = await dlq_list(settings.amqp_url, limit=args.limit)

@@ -26,8 +26,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.config import Settings
 from bot.demo_data import SampleEvents, demo_config, demo_customers, roles, topics
+from bot.lib.config import Settings
 from bot.sandbox import Sandbox
 from bot.service import BotService, Tuning
 from storage.bulk import upsert_many

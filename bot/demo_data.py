@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from bot.config import AlertRule, CrmConfig, Department, HandoffRules, SyncRules
+from bot.lib.config import AlertRule, CrmConfig, Department, HandoffRules, SyncRules
 from bot.sandbox import DEMO_USERS
 
 # The sandbox's people (bot/sandbox/server.py DEMO_USERS), in their departments.

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
+from bot.lib.config import ConfigError, Settings
 from storage.crypto import KeyRing
 from storage.db import Database, DatabaseError
 from storage.migrate import is_current, upgrade
 from storage.vault import Vault
-
-from .config import ConfigError, Settings
 
 
 async def open_storage(settings: Settings, *, migrate: bool = False) -> tuple[Database, Vault]:

@@ -11,8 +11,8 @@ import asyncio
 import logging
 import signal
 
-from .config import ConfigError, Settings, load_config
-from .service import BotService
+from bot.lib.config import ConfigError, Settings, load_config
+from bot.service import BotService
 
 log = logging.getLogger(__name__)
 

@@ -14,15 +14,14 @@ from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
+from bot.app import build_bolt_app, drain, jobs, sync_handler
+from bot.lib.config import ConfigError, CrmConfig, Settings
+from bot.lib.metrics import broker_connected
+from bot.lib.slack_out import SlackOut, make_client
+from bot.runtime import open_storage
+from bot.web import create_web_app
 from handlers.deps import Deps
 from storage.departments import sync_from_config
-
-from .app import build_bolt_app, drain, jobs, sync_handler
-from .config import ConfigError, CrmConfig, Settings
-from .metrics import broker_connected
-from .runtime import open_storage
-from .slack_out import SlackOut, make_client
-from .web import create_web_app
 
 log = logging.getLogger(__name__)
 
@@ -140,9 +139,8 @@ class BotService:
         log.info("crm-bot listening on port %s", bound)
 
     async def _start_broker(self, deps: Deps) -> None:
+        from bot.broker import Consumer, OutboxMessage, OutboxRelay, customer_partition_key
         from storage import outbox
-
-        from .broker import Consumer, OutboxMessage, OutboxRelay, customer_partition_key
 
         handle, permanent = sync_handler(deps)
         t = self.tuning

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from slack_bolt.adapter.aiohttp import to_aiohttp_response, to_bolt_request
 from slack_bolt.async_app import AsyncApp
 
-from .metrics import REGISTRY, request_seconds, requests_total
+from bot.lib.metrics import REGISTRY, request_seconds, requests_total
 
 Check = Callable[[], Awaitable[dict[str, bool]]]
 

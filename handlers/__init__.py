@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from . import approvals, audit_witness, customers, departments, handoffs, home, sync
-from .commands import CommandRouter
-from .deps import Deps
+from handlers import audit_witness, customers, departments, home
+from handlers.approvals import listeners as approvals
+from handlers.commands import CommandRouter
+from handlers.deps import Deps
+from handlers.handoffs import listeners as handoffs
+from handlers.sync import apply as sync
 
 
 def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:

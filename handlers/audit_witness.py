@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from storage import audit
 
 if TYPE_CHECKING:
-    from .deps import Deps
+    from handlers.deps import Deps
 
 log = logging.getLogger(__name__)
 

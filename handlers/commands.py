@@ -15,10 +15,9 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.blocks import reply
-
-from .deps import Deps
-from .errors import UserError
+from bot.lib.blocks import reply
+from handlers.deps import Deps
+from handlers.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -16,18 +16,17 @@ from slack_bolt.async_app import AsyncApp
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from bot.blocks import customers as cards
-from bot.blocks import reply
-from bot.slack_out import SlackError, fit_to_limits
+from bot.lib.blocks import customers as cards
+from bot.lib.blocks import reply
+from bot.lib.slack_out import SlackError, fit_to_limits
+from handlers.commands import Command, CommandRouter, clean_text, run_safely
+from handlers.deps import Deps
+from handlers.errors import NotFound, UserError
 from storage import audit, shared_cards
 from storage.crypto import CryptoError
 from storage.customers import CustomerRecord, Customers
 from storage.models import Approval, Customer, Handoff, SlackRequest, TimelineEntry
 from storage.slack_requests import first_time
-
-from .commands import Command, CommandRouter, clean_text, run_safely
-from .deps import Deps
-from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 

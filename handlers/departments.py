@@ -8,14 +8,13 @@ from decimal import Decimal
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.blocks import channel, esc, reply, section
-from bot.slack_out import SlackError
+from bot.lib.blocks import channel, esc, reply, section
+from bot.lib.slack_out import SlackError
+from handlers.commands import Command, CommandRouter
+from handlers.deps import Deps
+from handlers.errors import Forbidden, NotFound, UserError
 from storage import audit
 from storage.departments import DepartmentView, link_channel
-
-from .commands import Command, CommandRouter
-from .deps import Deps
-from .errors import Forbidden, NotFound, UserError
 
 log = logging.getLogger(__name__)
 

@@ -7,15 +7,14 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
-from bot.slack_out import SlackOut
+from bot.lib.slack_out import SlackOut
 from storage.db import Database
 from storage.models import utcnow
 from storage.vault import Vault
 
 if TYPE_CHECKING:
-    from bot.config import CrmConfig
-
-    from .directory import Directory
+    from bot.lib.config import CrmConfig
+    from handlers.directory import Directory
 
 
 @dataclass
@@ -29,6 +28,6 @@ class Deps:
     directory: Directory = field(init=False)
 
     def __post_init__(self) -> None:
-        from .directory import Directory
+        from handlers.directory import Directory
 
         self.directory = Directory(self)

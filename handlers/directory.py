@@ -5,12 +5,11 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
+from handlers.errors import NotFound
 from storage.departments import DepartmentView, all_departments
 
-from .errors import NotFound
-
 if TYPE_CHECKING:
-    from .deps import Deps
+    from handlers.deps import Deps
 
 GROUP_TTL = 60.0
 

@@ -7,10 +7,9 @@ import logging
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.blocks.home import home_view
-from bot.slack_out import SlackError
-
-from .deps import Deps
+from bot.lib.blocks.home import home_view
+from bot.lib.slack_out import SlackError
+from handlers.deps import Deps
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +17,8 @@ log = logging.getLogger(__name__)
 async def publish_home(deps: Deps, user: str) -> None:
     """Build and publish `user`'s home tab. Never raises for a section that fails: the tab
     says what could not be loaded, and the failure is logged."""
-    from . import approvals, handoffs  # they call publish_home too: import late
+    from handlers.approvals import listeners as approvals
+    from handlers.handoffs import listeners as handoffs  # they call publish_home too: import late
 
     problems: list[str] = []
     parts = []

@@ -11,11 +11,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from bot.blocks.alerts import alert_message, thread_header
-from bot.config import AlertRule, parse_config
-from handlers import alerts, sync
-from handlers.alerts import THREAD, TOP_LEVEL, ChannelRoute, Pending, Route
-from handlers.sync import InvalidEvent, parse_time, validate_event
+from bot.lib.blocks.alerts import alert_message, thread_header
+from bot.lib.config import AlertRule, parse_config
+from handlers.sync import alerts
+from handlers.sync import apply as sync
+from handlers.sync.alerts import THREAD, TOP_LEVEL, ChannelRoute, Pending, Route
+from handlers.sync.apply import InvalidEvent, parse_time, validate_event
 from storage.customers import CustomerRecord
 from tests.fixtures.slack import block_texts
 

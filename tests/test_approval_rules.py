@@ -5,8 +5,8 @@ from decimal import Decimal
 
 import pytest
 
-from handlers import approval_rules as rules
-from handlers.approval_rules import Amount, AmountError, Facts
+from handlers.approvals import rules
+from handlers.approvals.rules import Amount, AmountError, Facts
 
 D = Decimal
 

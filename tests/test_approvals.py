@@ -13,7 +13,7 @@ import jsonschema
 import pytest
 from sqlalchemy import func, select, update
 
-from handlers import approvals as approvals_handler
+from handlers.approvals import listeners as approvals_handler
 from storage import audit
 from storage.customers import Customers
 from storage.models import Approval, AuditEntry, OutboxEvent, utcnow

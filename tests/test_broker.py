@@ -11,7 +11,6 @@ import os
 import aio_pika
 import pytest
 
-from bot import metrics
 from bot.broker import (
     DEAD_QUEUE,
     EXCHANGE,
@@ -24,6 +23,7 @@ from bot.broker import (
     dlq_replay,
     publish_event,
 )
+from bot.lib import metrics
 from tests.fixtures.amqp import TEST_RETRY_DELAYS, depth, eventually, rabbitmqctl
 from tests.fixtures.services import IN_CI
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from bot.config import ConfigError, parse_config
+from bot.lib.config import ConfigError, parse_config
 from tests.fixtures.bot import TEST_CONFIG
 from tests.fixtures.cli import run_cli
 

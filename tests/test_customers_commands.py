@@ -10,7 +10,7 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import func, select
 
-from bot.blocks.customers import full_card, redacted_card, short_card
+from bot.lib.blocks.customers import full_card, redacted_card, short_card
 from bot.sandbox import BOT_USER_ID
 from handlers.customers import customer_ref, mention_refs, search_text
 from handlers.errors import UserError

@@ -19,9 +19,9 @@ import aiohttp
 import jsonschema
 import pytest
 
-from bot.config import Settings
 from bot.demo import Demo, DemoOptions, run_demo
 from bot.demo_data import SampleEvents, demo_config, demo_customers, roles, topics
+from bot.lib.config import Settings
 from bot.service import Tuning
 from storage.customer_fields import validate_customer
 from tests.fixtures.bot import ALICE, FINANCE, GRACE, SALES

@@ -4,7 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from handlers import handoff_rules as r
+from handlers.handoffs import rules as r
 
 REQ, FRANK, GRACE = "U0ALICE01", "U0FRANK01", "U0GRACE01"
 

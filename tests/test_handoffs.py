@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import select, update
 
 from bot.sandbox.store import dm_channel_id
-from handlers import handoff_flow
-from handlers.handoffs import home_section
+from handlers.handoffs import flow as handoff_flow
+from handlers.handoffs.listeners import home_section
 from storage import audit
 from storage.customers import Customers
 from storage.models import AuditEntry, Handoff, OutboxEvent

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from bot.blocks import section
-from bot.blocks.home import home_view
-from handlers import approvals, handoffs
+from bot.lib.blocks import section
+from bot.lib.blocks.home import home_view
+from handlers.approvals import listeners as approvals
+from handlers.handoffs import listeners as handoffs
 from handlers.home import publish_home
 from tests.fixtures.bot import ALICE, GRACE
 from tests.fixtures.slack import block_texts, eventually

@@ -2,7 +2,7 @@
 
 import asyncio
 
-from bot.config import parse_config
+from bot.lib.config import parse_config
 from storage.departments import all_departments, sync_from_config
 from storage.vault import Vault
 from tests.fixtures.bot import TEST_CONFIG

@@ -11,16 +11,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.metrics import slack_api_calls_total
-from bot.sandbox import Sandbox
-from bot.sandbox.limits import block_errors
-from bot.slack_out import (
+from bot.lib.metrics import slack_api_calls_total
+from bot.lib.slack_out import (
     MAX_TEXT,
     SlackError,
     SlackOut,
     fit_to_limits,
     make_client,
 )
+from bot.sandbox import Sandbox
+from bot.sandbox.limits import block_errors
 from tests.fixtures.slack import BOT_TOKEN
 
 SALES, FINANCE, ALICE = "C0SALES01", "C0FINANCE", "U0ALICE01"

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import aiohttp
 import pytest
 
-from bot.config import ConfigError, parse_config
+from bot.lib.config import ConfigError, parse_config
 from bot.sandbox import Sandbox
 from bot.service import BotService
 from storage.customers import Customers

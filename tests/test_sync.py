@@ -17,12 +17,12 @@ import pytest
 from sqlalchemy import func, select, update
 from sqlalchemy.engine import make_url
 
-from bot import metrics
 from bot.broker import EXCHANGE, SYNC_QUEUE, dlq_list
 from bot.broker.messages import event_message
-from bot.config import parse_config
+from bot.lib import metrics
+from bot.lib.config import parse_config
+from bot.lib.slack_out import make_client
 from bot.service import Tuning
-from bot.slack_out import make_client
 from storage import outbox, shared_cards
 from storage.customers import Customers
 from storage.models import (

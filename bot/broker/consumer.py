@@ -45,7 +45,6 @@ from aio_pika.abc import (
     AbstractRobustConnection,
 )
 
-from bot import metrics
 from bot.broker.messages import (
     copy_message,
     header_int,
@@ -66,6 +65,7 @@ from bot.broker.topology import (
     declare_topology,
     retry_queue_name,
 )
+from bot.lib import metrics
 
 log = logging.getLogger(__name__)
 

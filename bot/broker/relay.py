@@ -18,8 +18,8 @@ from dataclasses import dataclass
 import aio_pika
 from aio_pika.abc import AbstractExchange, AbstractRobustConnection
 
-from bot import metrics
 from bot.broker.topology import EXCHANGE
+from bot.lib import metrics
 
 log = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import text
 
 from bot.broker import dlq_list
-from bot.config import parse_config
+from bot.lib.config import parse_config
 from bot.sandbox import Sandbox
 from storage import audit
 from storage.crypto import KeyRing

@@ -35,7 +35,7 @@ from tests.fixtures.bot import FINANCE, SALES, SERVICE
 log = logging.getLogger(__name__)
 
 SOURCE = "faults-sim"
-# Who hears about what, under the default alert rules (handlers/alerts.py DEFAULT_RULES),
+# Who hears about what, under the default alert rules (handlers/sync/alerts.py DEFAULT_RULES),
 # written out here independently so a routing bug fails the books.
 ALERT_CHANNELS: dict[str, frozenset[str]] = {
     "deal.stage_changed": frozenset({FINANCE, SERVICE}),  # closed_won

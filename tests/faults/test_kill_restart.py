@@ -3,7 +3,7 @@
 Nothing is lost: an event is acked only after its effects are committed, so a killed bot's
 unacked deliveries come back to the restarted one, which finds them processed (or not) by id.
 A kill between Slack accepting an alert and the commit that marks it posted leaves the post
-unrecorded; the restarted bot finds it by the key in its metadata (handlers/sync_delivery.py)
+unrecorded; the restarted bot finds it by the key in its metadata (handlers/sync/delivery.py)
 instead of posting it again: the test allows no double.
 """
 

@@ -13,19 +13,18 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
-from bot.blocks.approvals import ApprovalView, outcome_text, request_message
-from bot.slack_out import SlackError
+from bot.lib.blocks.approvals import ApprovalView, outcome_text, request_message
+from bot.lib.slack_out import SlackError
+from handlers.approvals import rules
+from handlers.deps import Deps
+from handlers.errors import NotFound, UserError
+from handlers.home import refresh_homes
 from storage import audit, outbox
 from storage.approvals import Approvals, parse_id
 from storage.customers import Customers
 from storage.departments import DepartmentView
 from storage.models import Approval, Customer, new_id
 from storage.slack_requests import first_time
-
-from . import approval_rules as rules
-from .deps import Deps
-from .errors import NotFound, UserError
-from .home import refresh_homes
 
 log = logging.getLogger(__name__)
 

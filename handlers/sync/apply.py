@@ -13,7 +13,7 @@ parsed as a JSON object, one customer's events in arrival order):
    in the delivery ledger, mark the customer's shared cards stale when the change shows on
    them, record the event id as processed;
 3. after the commit: start posting the pending alerts and updating the stale cards in place
-   (handlers/sync_delivery.py: the ledger and the stale marks are an outbox toward Slack, so
+   (handlers/sync/delivery.py: the ledger and the stale marks are an outbox toward Slack, so
    the message is acknowledged without waiting for Slack, and the flush job does later what
    Slack could not take now).
 
@@ -53,19 +53,17 @@ import fastjsonschema
 from jsonschema import Draft7Validator, FormatChecker
 from jsonschema.exceptions import ValidationError, best_match
 
-from bot import metrics
+from bot.lib import metrics
+from handlers.sync import alerts
+from handlers.sync.delivery import Delivery, settle
 from storage import shared_cards
 from storage import sync_ledger as ledger
 from storage.customers import Customers
 from storage.departments import all_departments
 
-from . import alerts
-from .sync_delivery import Delivery, settle
-
 if TYPE_CHECKING:
+    from handlers.deps import Deps
     from storage.models import Customer
-
-    from .deps import Deps
 
 log = logging.getLogger(__name__)
 

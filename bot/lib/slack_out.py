@@ -31,7 +31,7 @@ from slack_sdk.http_retry.jitter import Jitter
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.metrics import slack_api_calls_total
+from bot.lib.metrics import slack_api_calls_total
 
 log = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from bot.config import AlertRule
+from bot.lib.config import AlertRule
 
 THREAD, TOP_LEVEL = "thread", "top_level"
 

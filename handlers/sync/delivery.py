@@ -52,21 +52,19 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy import select
 
-from bot import metrics
-from bot.blocks.alerts import alert_message, thread_header
-from bot.blocks.customers import redacted_card
-from bot.slack_out import SlackError
+from bot.lib import metrics
+from bot.lib.blocks.alerts import alert_message, thread_header
+from bot.lib.blocks.customers import redacted_card
+from bot.lib.slack_out import SlackError
+from handlers.sync import alerts
 from storage import shared_cards
 from storage import sync_ledger as ledger
 from storage.customers import CustomerRecord, read_record
 from storage.models import Customer, CustomerThread, utcnow
 
-from . import alerts
-
 if TYPE_CHECKING:
+    from handlers.deps import Deps
     from storage.vault import Vault
-
-    from .deps import Deps
 
 log = logging.getLogger(__name__)
 

@@ -15,18 +15,16 @@ from typing import Any
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.blocks import approvals as ui
-from bot.blocks import reply
-from bot.blocks.customers import APPROVAL as CARD_BUTTON
-from bot.slack_out import SlackError
+from bot.lib.blocks import approvals as ui
+from bot.lib.blocks import reply
+from bot.lib.blocks.customers import APPROVAL as CARD_BUTTON
+from bot.lib.slack_out import SlackError
+from handlers.approvals import flow, rules
+from handlers.commands import Command, CommandRouter, clean_text
+from handlers.deps import Deps
+from handlers.errors import UserError
 from storage.approvals import Approvals, parse_id
 from storage.customers import Customers
-
-from . import approval_flow as flow
-from . import approval_rules as rules
-from .commands import Command, CommandRouter, clean_text
-from .deps import Deps
-from .errors import UserError
 
 log = logging.getLogger(__name__)
 

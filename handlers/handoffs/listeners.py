@@ -21,18 +21,16 @@ from typing import Any
 from pydantic import BaseModel, ValidationError
 from slack_bolt.async_app import AsyncApp
 
-from bot.blocks import customers as cards
-from bot.blocks import handoffs as render
-from bot.blocks import reply
-from bot.slack_out import SlackError
+from bot.lib.blocks import customers as cards
+from bot.lib.blocks import handoffs as render
+from bot.lib.blocks import reply
+from bot.lib.slack_out import SlackError
+from handlers.commands import Command, CommandRouter, clean_text
+from handlers.deps import Deps
+from handlers.errors import NotFound, UserError
+from handlers.handoffs import flow, rules
 from storage.customers import Customers
 from storage.handoffs import Handoffs
-
-from . import handoff_flow as flow
-from . import handoff_rules as rules
-from .commands import Command, CommandRouter, clean_text
-from .deps import Deps
-from .errors import NotFound, UserError
 
 log = logging.getLogger(__name__)
 

@@ -14,19 +14,18 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
-from bot.blocks import handoffs as render
-from bot.blocks.customers import label
-from bot.slack_out import SlackError
+from bot.lib.blocks import handoffs as render
+from bot.lib.blocks.customers import label
+from bot.lib.slack_out import SlackError
+from handlers.deps import Deps
+from handlers.errors import NotFound, UserError
+from handlers.handoffs import rules
+from handlers.home import refresh_homes
 from storage import audit, outbox
 from storage.customers import Customers
 from storage.handoffs import HandoffRecord, Handoffs
 from storage.models import Customer, Handoff
 from storage.slack_requests import first_time
-
-from . import handoff_rules as rules
-from .deps import Deps
-from .errors import NotFound, UserError
-from .home import refresh_homes
 
 log = logging.getLogger(__name__)
 
