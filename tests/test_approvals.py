@@ -30,7 +30,7 @@ from tests.fixtures.bot import (
     bot_settings,
     start_bot,
 )
-from tests.fixtures.slack import block_texts, eventually
+from tests.fixtures.slack import block_texts, eventually, filled_views
 
 SCHEMA = json.loads(
     (Path(__file__).parents[1] / "bot/contracts/sync-event.schema.json").read_text()
@@ -309,7 +309,7 @@ async def test_concurrent_approvers_one_decision(bot):
 async def test_request_from_the_card_modal(bot):
     customer_id = await seed(bot)
     await bot.sim.click(BOB, SALES, None, "customer_approval", str(customer_id))
-    modal = (await eventually(lambda: bot.store.views(BOB)))[-1]
+    modal = (await eventually(lambda: filled_views(bot.store, BOB)))[-1]
     assert modal["callback_id"] == "approval_create"
     assert json.loads(modal["private_metadata"]) == {
         "customer_id": str(customer_id),

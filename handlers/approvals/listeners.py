@@ -26,6 +26,7 @@ from bot.lib.interaction import (
     Submission,
     ack_only,
     lazy,
+    open_then_fill,
     parse_click,
     parse_customer_id,
     parse_submission,
@@ -131,17 +132,21 @@ async def home_section(deps: Deps, user: str) -> list[dict]:
 
 
 async def open_request_modal(deps: Deps, body: dict[str, Any]) -> None:
+    """`Request approval` on a card: the request modal, opened at once and then filled."""
     click = parse_click(body)
     customer_id = parse_customer_id(click.value)
-    async with deps.db.transaction() as session:
-        customers = Customers(session, deps.vault)
-        customer = await customers.get(customer_id) if customer_id else None
-        if customer is None or customer.erased_at is not None:
-            raise UserError("I do not know that customer.")
-        record = customers.read(customer)
-    meta = CreateMeta(customer_id=record.id, channel_id=click.channel)
-    modal = ui.create_modal(record, meta.model_dump_json())
-    await deps.slack.open_view(click.trigger_id or "", modal)
+
+    async def fill() -> dict[str, Any]:
+        async with deps.db.transaction() as session:
+            customers = Customers(session, deps.vault)
+            customer = await customers.get(customer_id) if customer_id else None
+            if customer is None or customer.erased_at is not None:
+                raise UserError("I do not know that customer.")
+            record = customers.read(customer)
+        meta = CreateMeta(customer_id=record.id, channel_id=click.channel)
+        return ui.create_modal(record, meta.model_dump_json())
+
+    await open_then_fill(deps.slack, click.trigger_id, "Request approval", fill)
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ from bot.lib.interaction import (
     Submission,
     ack_only,
     lazy,
+    open_then_fill,
     parse_click,
     parse_customer_id,
     parse_shortcut,
@@ -46,6 +47,7 @@ log = logging.getLogger(__name__)
 USAGE = "handoff <customer> <department> [note]"
 LIST_USAGE = "handoffs [open|mine|<department>]"
 HOME_LIMIT = 10
+MODAL_TITLE = "Hand off customer"
 NO_CUSTOMER_IN_MESSAGE = (
     "I found no customer in that message: it needs a customer's email address or external id."
 )
@@ -139,8 +141,8 @@ def message_text(message: dict) -> str:
     return clean_text("\n".join(parts))[:5000]
 
 
-async def open_create_modal(deps: Deps, trigger_id: str | None, user: str, meta: CreateMeta):
-    """Open the `Hand off` modal for a customer; a UserError when there is nothing to open."""
+async def create_modal(deps: Deps, user: str, meta: CreateMeta) -> dict[str, Any]:
+    """The `Hand off` modal for a customer; a UserError when there is nothing to hand off."""
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         customer = await repo.get(meta.customer_id)
@@ -158,9 +160,7 @@ async def open_create_modal(deps: Deps, trigger_id: str | None, user: str, meta:
     if not options:
         raise UserError("There is no other department to hand off to.")
     meta = meta.model_copy(update={"from_department": home.key if home else None})
-    await deps.slack.open_view(
-        trigger_id or "", render.create_modal(record, options, meta.model_dump_json())
-    )
+    return render.create_modal(record, options, meta.model_dump_json())
 
 
 def decline_form(sub: Submission) -> tuple[DecideMeta | None, str, str | None]:
@@ -256,21 +256,29 @@ async def on_card_button(deps: Deps, body: dict) -> None:
     if cid is None:
         raise UserError("That button does not name a customer; nothing to do.")
     meta = CreateMeta(customer_id=cid, channel_id=click.channel)
-    await open_create_modal(deps, click.trigger_id, click.user, meta)
+    await open_then_fill(
+        deps.slack, click.trigger_id, MODAL_TITLE, lambda: create_modal(deps, click.user, meta)
+    )
 
 
 async def on_shortcut(deps: Deps, body: dict) -> None:
     """The "Hand off customer" message shortcut: the modal, with the message as context."""
     shortcut = parse_shortcut(body)
     refs = rules.customer_refs(message_text(shortcut.message))
+    # Looked up before the modal opens (one blind-index query), so a message that names no
+    # customer gets an answer and no modal; the rest is filled in after it opens.
     async with deps.db.transaction() as session:
         customer = await Handoffs(session, deps.vault).customer_named(refs) if refs else None
         cid = customer.id if customer is not None else None
     if cid is None:
         raise UserError(NO_CUSTOMER_IN_MESSAGE)
-    link = await flow.permalink(deps, shortcut.channel, shortcut.message_ts)
-    meta = CreateMeta(customer_id=cid, channel_id=shortcut.channel, context=link)
-    await open_create_modal(deps, shortcut.trigger_id, shortcut.user, meta)
+
+    async def fill() -> dict[str, Any]:
+        link = await flow.permalink(deps, shortcut.channel, shortcut.message_ts)
+        meta = CreateMeta(customer_id=cid, channel_id=shortcut.channel, context=link)
+        return await create_modal(deps, shortcut.user, meta)
+
+    await open_then_fill(deps.slack, shortcut.trigger_id, MODAL_TITLE, fill)
 
 
 async def create_ack(ack, body) -> None:
