@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .crypto import index_terms
@@ -44,6 +45,8 @@ async def insert_index_rows(session: AsyncSession, rows: list[dict]) -> None:
     handling would cost more than the encryption."""
     conn = await session.connection()
     raw = (await conn.get_raw_connection()).driver_connection
+    if raw is None:  # the pool invalidated it: fail like any lost connection (the caller retries)
+        raise DisconnectionError("database connection invalidated")
     if conn.dialect.name == "postgresql":
         records = [tuple(r[c] for c in INDEX_COLUMNS) for r in rows]
         await raw.copy_records_to_table("blind_index", records=records, columns=INDEX_COLUMNS)

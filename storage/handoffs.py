@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .customers import CustomerRecord, Customers
@@ -154,7 +154,7 @@ class Handoffs:
         """Open handoffs, newest first: to `to_departments`, from `from_departments`, or
         requested by or assigned to `user` (any of these), or all with `everyone`;
         (the first `limit`, how many in all)."""
-        conditions = []
+        conditions: list[ColumnElement[bool]] = []
         if to_departments:
             conditions.append(Handoff.to_department.in_(list(to_departments)))
         if from_departments:
@@ -163,7 +163,7 @@ class Handoffs:
             conditions += [Handoff.requested_by == user, Handoff.assignee == user]
         if not conditions and not everyone:
             return [], 0
-        where = [Handoff.status.in_(OPEN)]
+        where: list[ColumnElement[bool]] = [Handoff.status.in_(OPEN)]
         if conditions:
             where.append(or_(*conditions))
         total = (
@@ -184,8 +184,8 @@ class Handoffs:
         if not ids:
             return None
         stmt = select(Customer).where(Customer.external_id.in_(ids), Customer.erased_at.is_(None))
-        found = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
-        return next((found[r] for r in ids if r in found), None)
+        by_id = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
+        return next((by_id[r] for r in ids if r in by_id), None)
 
     async def unposted(self, older_than: datetime, limit: int = 20) -> list[uuid.UUID]:
         """Requested handoffs whose channel message is not on record (the process stopped, or

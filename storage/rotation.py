@@ -28,7 +28,7 @@ async def rewrap(db: Database, vault: Vault, batch: int = 500, progress: Progres
     many data keys."""
     done = 0
     async with db.transaction() as s:
-        wrapped = [
+        wrapped: list[tuple[IndexKey | AuditKey, str]] = [
             *((r, index_key_context(r.generation)) for r in (await s.scalars(select(IndexKey)))),
             *((r, audit_key_context(r.keyed_from)) for r in (await s.scalars(select(AuditKey)))),
         ]
@@ -80,7 +80,9 @@ async def reindex(db: Database, vault: Vault, batch: int = 500, progress: Progre
             ids = list((await s.execute(stale)).scalars())
             repo = Customers(s, vault)
             for cid in ids:
-                await repo.reindex(await repo.get(cid))
+                customer = await repo.get(cid)
+                if customer is not None:  # deleted meanwhile: its index rows went with it
+                    await repo.reindex(customer)
         if not ids:
             break
         done += len(ids)

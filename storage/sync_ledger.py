@@ -12,8 +12,9 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import Any, cast
 
-from sqlalchemy import bindparam, func, insert, select, tuple_, update
+from sqlalchemy import CursorResult, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -152,7 +153,7 @@ async def claim(
     (or whose holder stopped renewing it) is taken or renewed until `until`."""
     if not customer_ids:
         return []
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     insert = pg_insert if dialect == "postgresql" else sqlite_insert
     stmt = insert(DeliveryLease)
     stmt = stmt.on_conflict_do_update(
@@ -296,7 +297,9 @@ async def retry_failed(
         stmt = stmt.where(table.c.channel_id.in_(list(channels)))
     if event_ids:
         stmt = stmt.where(table.c.event_id.in_(list(event_ids)))
-    return (await session.execute(stmt)).rowcount
+    # an UPDATE's result is a CursorResult (Session.execute is typed for any statement)
+    result = cast(CursorResult[Any], await session.execute(stmt))
+    return result.rowcount
 
 
 # --- per-customer threads ---------------------------------------------------------------------

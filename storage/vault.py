@@ -80,7 +80,7 @@ class Vault:
                 async with session.begin_nested():
                     session.add(row)
             except IntegrityError:  # another process made it first
-                row = await session.get(AuditKey, AUDIT_KEY_ROW)
+                row = await session.get_one(AuditKey, AUDIT_KEY_ROW)
         key = self.ring.unwrap(row.key_id, row.wrapped_key, audit_key_context(row.keyed_from))
         self.audit_key = derive_key(key, b"crm-bot audit chain v1")
         self.audit_keyed_from = row.keyed_from
@@ -93,7 +93,7 @@ class Vault:
             async with session.begin_nested():
                 session.add(row)
         except IntegrityError:  # another process made it first
-            row = await session.get(IndexKey, generation)
+            row = await session.get_one(IndexKey, generation)
         self.indexers[generation] = BlindIndexer(
             self.ring.unwrap(row.key_id, row.wrapped_key, index_key_context(generation))
         )
