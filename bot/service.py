@@ -8,6 +8,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -23,6 +24,11 @@ from bot.runtime import open_storage
 from bot.web import create_web_app
 from handlers.deps import Deps
 from storage.departments import sync_from_config
+
+if TYPE_CHECKING:  # imported where used: only a bot with AMQP_URL / SLACK_APP_TOKEN needs them
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    from bot.broker import Consumer, OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +95,11 @@ class BotService:
         self.config = config
         self.tuning = tuning or Tuning()
         self.deps: Deps | None = None
-        self.consumer = None
-        self.relay = None
+        self.consumer: Consumer | None = None
+        self.relay: OutboxRelay | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
-        self._socket = None
+        self._socket: AsyncSocketModeHandler | None = None
         self._tasks: list[asyncio.Task] = []  # the periodic jobs
         self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
         self._lazy: DrainableLazyRunner | None = None  # the listeners' work after their ack
@@ -101,19 +107,19 @@ class BotService:
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
         s = self.settings
-        s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
+        token, _, _ = s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
         db, vault = await open_storage(s, migrate=migrate)
         async with db.transaction() as session:
             await sync_from_config(session, self.config.departments)
         self._http = aiohttp.ClientSession()
-        client = make_client(s.slack_bot_token, s.slack_api_url, session=self._http)
+        client = make_client(token, s.slack_api_url, session=self._http)
         slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
         bolt = build_bolt_app(s, deps)
         lazy = bolt.listener_runner.lazy_listener_runner
         self._lazy = lazy if isinstance(lazy, DrainableLazyRunner) else None
         if s.amqp_url:
-            await self._start_broker(deps)
+            await self._start_broker(deps, s.amqp_url)
         else:
             log.info("AMQP_URL is not set: the sync consumer and outbox relay are off")
         for name, interval, fn in jobs(deps):
@@ -124,8 +130,8 @@ class BotService:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             await check_app_token(bolt.client, s.slack_app_token)
-            self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
-            await self._socket.connect_async()
+            socket = self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
+            await socket.connect_async()
             log.info("connected to Slack over Socket Mode")
         web_app = create_web_app(bolt, self.readiness)
         self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
@@ -136,18 +142,18 @@ class BotService:
             s.port if port is None else port,
         )
         await site.start()
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = self._runner.addresses[0][1]  # (host, port, ...) of the listening socket
         self.url = f"http://127.0.0.1:{bound}"
         log.info("crm-bot listening on port %s", bound)
 
-    async def _start_broker(self, deps: Deps) -> None:
+    async def _start_broker(self, deps: Deps, amqp_url: str) -> None:
         from bot.broker import Consumer, OutboxMessage, OutboxRelay, customer_partition_key
         from storage import outbox
 
         handle, permanent = sync_handler(deps)
         t = self.tuning
-        self.consumer = Consumer(
-            self.settings.amqp_url,
+        consumer = self.consumer = Consumer(
+            amqp_url,
             handle,
             permanent_errors=permanent,
             prefetch=t.prefetch,
@@ -174,13 +180,13 @@ class BotService:
             async with deps.db.transaction() as session:
                 await outbox.mark_published(session, [uuid.UUID(i) for i in ids])
 
-        self.relay = OutboxRelay(self.settings.amqp_url, fetch, mark, poll_interval=t.outbox_poll)
-        deps.wake_outbox = self.relay.wake
-        await self.consumer.start()
-        await self.relay.start()
+        relay = self.relay = OutboxRelay(amqp_url, fetch, mark, poll_interval=t.outbox_poll)
+        deps.wake_outbox = relay.wake
+        await consumer.start()
+        await relay.start()
 
     async def readiness(self) -> dict[str, bool]:
-        checks = {"database": bool(self.deps) and await self.deps.db.ping()}
+        checks = {"database": self.deps is not None and await self.deps.db.ping()}
         if self.consumer is not None:
             checks["broker"] = bool(self.consumer.connected)
             broker_connected.set(1 if checks["broker"] else 0)

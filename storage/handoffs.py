@@ -21,6 +21,18 @@ from .vault import Vault
 OPEN = ("requested", "accepted")
 
 
+@dataclass(frozen=True)
+class HandoffQuery:
+    """Which open handoffs a list shows: those to `to_departments`, from `from_departments`,
+    or requested by or assigned to `user` (any of these matches); all of them with `everyone`.
+    An empty query matches none."""
+
+    to_departments: tuple[str, ...] = ()
+    from_departments: tuple[str, ...] = ()
+    user: str | None = None
+    everyone: bool = False
+
+
 @dataclass
 class HandoffRecord:
     """A handoff as people see it: its note and reason decrypted, with its customer."""
@@ -142,26 +154,17 @@ class Handoffs:
         }
         return [self.read(r, customers[r.customer_id]) for r in rows if r.customer_id in customers]
 
-    async def listing(
-        self,
-        *,
-        to_departments: Iterable[str] = (),
-        from_departments: Iterable[str] = (),
-        user: str | None = None,
-        everyone: bool = False,
-        limit: int = 20,
-    ) -> tuple[list[Handoff], int]:
-        """Open handoffs, newest first: to `to_departments`, from `from_departments`, or
-        requested by or assigned to `user` (any of these), or all with `everyone`;
-        (the first `limit`, how many in all)."""
+    async def listing(self, query: HandoffQuery, *, limit: int = 20) -> tuple[list[Handoff], int]:
+        """The open handoffs `query` matches, newest first: (the first `limit`, how many in
+        all)."""
         conditions: list[ColumnElement[bool]] = []
-        if to_departments:
-            conditions.append(Handoff.to_department.in_(list(to_departments)))
-        if from_departments:
-            conditions.append(Handoff.from_department.in_(list(from_departments)))
-        if user is not None:
-            conditions += [Handoff.requested_by == user, Handoff.assignee == user]
-        if not conditions and not everyone:
+        if query.to_departments:
+            conditions.append(Handoff.to_department.in_(query.to_departments))
+        if query.from_departments:
+            conditions.append(Handoff.from_department.in_(query.from_departments))
+        if query.user is not None:
+            conditions += [Handoff.requested_by == query.user, Handoff.assignee == query.user]
+        if not conditions and not query.everyone:
             return [], 0
         where: list[ColumnElement[bool]] = [Handoff.status.in_(OPEN)]
         if conditions:

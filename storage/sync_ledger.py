@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 from sqlalchemy import CursorResult, bindparam, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
@@ -232,7 +232,14 @@ async def mark_tried(
         await session.execute(stmt)
 
 
-Settlement = tuple[DeliveryKey, str, str | None, str | None]  # key, status, ts, error
+class Settlement(NamedTuple):
+    """How one alert's delivery ended: POSTED (with the message's ts), FAILED (with Slack's
+    reason) or DROPPED (its customer was erased or is gone)."""
+
+    key: DeliveryKey
+    status: str
+    ts: str | None = None
+    error: str | None = None
 
 
 async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) -> None:
@@ -257,14 +264,14 @@ async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) 
     now = utcnow()
     params = [
         {
-            "k_event": event_id,
-            "k_channel": channel_id,
-            "v_status": status,
-            "v_ts": ts,
-            "v_error": error,
+            "k_event": s.key[0],
+            "k_channel": s.key[1],
+            "v_status": s.status,
+            "v_ts": s.ts,
+            "v_error": s.error,
             "v_at": now,
         }
-        for (event_id, channel_id), status, ts, error in settlements
+        for s in settlements
     ]
     await session.execute(stmt, params)
 

@@ -31,12 +31,14 @@ class Settings(BaseSettings):
     crm_config: str | None = None
     port: int = Field(default=3000, ge=1, le=65535)
 
-    def require(self, *names: str) -> None:
+    def require(self, *names: str) -> tuple[str, ...]:
+        """The values of these settings, in order; a ConfigError naming every one unset."""
         missing = [n.upper() for n in names if not getattr(self, n)]
         if missing:
             raise ConfigError(
                 f"missing setting: {', '.join(missing)} (set it in the environment or .env)"
             )
+        return tuple(str(getattr(self, n)) for n in names)
 
 
 def load_settings(**overrides: Any) -> Settings:

@@ -20,6 +20,7 @@ from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
+from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -354,7 +355,9 @@ class SlackOut:
         if self._once is None or self._once[0] is not self.client:
             c = self.client
             limits = AsyncRateLimitErrorRetryHandler
-            handlers = [h for h in c.retry_handlers if isinstance(h, limits)]
+            handlers: list[AsyncRetryHandler] = [
+                h for h in c.retry_handlers if isinstance(h, limits)
+            ]
             once = AsyncWebClient(
                 token=c.token,
                 base_url=c.base_url,

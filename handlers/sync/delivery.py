@@ -199,7 +199,9 @@ class Delivery:
                     failures.setdefault(about.id, exc)
                     return
                 failed = [
-                    (p.key, ledger.FAILED, None, exc.kind) for p in items if p.key not in posted
+                    ledger.Settlement(p.key, ledger.FAILED, error=exc.kind)
+                    for p in items
+                    if p.key not in posted
                 ]
                 log.warning(
                     "%d alerts for customer %s in %s failed for good: %s",
@@ -288,12 +290,13 @@ class Delivery:
             }
             threads = await ledger.threads_of_many(session, wanted)
             out: dict[uuid.UUID, tuple[_About, dict, dict]] = {}
-            dropped, fresh = [], []
+            dropped: list[ledger.Settlement] = []
+            fresh: list[ledger.DeliveryKey] = []
             for row in rows:
                 key = (row.event_id, row.channel_id)
                 customer = customers.get(row.customer_id)
                 if customer is None or customer.erased_at is not None:
-                    dropped.append((key, ledger.DROPPED, None, None))
+                    dropped.append(ledger.Settlement(key, ledger.DROPPED))
                     continue
                 if not alerts.is_due(
                     self.recent.get((customer.id, row.channel_id)), now, self.window
@@ -354,7 +357,7 @@ class Delivery:
                     key=post_key,
                 )
             metrics.alerts_posted_total.inc(len(batch.items))
-            settled = [(key, ledger.POSTED, posted["ts"], None) for key in batch.keys]
+            settled = [ledger.Settlement(key, ledger.POSTED, ts=posted["ts"]) for key in batch.keys]
             await self._record(_Done(settled=settled))
             posted_keys.update(batch.keys)
             self.recent[(about.id, channel)] = self.deps.clock()
@@ -385,7 +388,7 @@ class Delivery:
             posts |= await slack.keyed_posts(channel, since, thread_ts)
         found = {p.key: ts for p in tried if (ts := _posted(posts, p))}
         if found:
-            settled = [(key, ledger.POSTED, ts, None) for key, ts in found.items()]
+            settled = [ledger.Settlement(key, ledger.POSTED, ts=ts) for key, ts in found.items()]
             await self._record(_Done(settled=settled))
             metrics.alerts_posted_total.inc(len(found))
             log.info(
