@@ -68,7 +68,8 @@ class Base(DeclarativeBase):
 
     metadata = MetaData(naming_convention=NAMING)
     if TYPE_CHECKING:
-        __table__: ClassVar[Table]
+        # pyright forbids narrowing an inherited ClassVar; true here, as every model has a Table
+        __table__: ClassVar[Table]  # pyright: ignore[reportIncompatibleVariableOverride]
 
 
 Id = Uuid(as_uuid=True)

@@ -13,7 +13,7 @@ from .db import Database
 from .models import AuditKey, BlindIndex, Customer, IndexKey
 from .vault import Vault, audit_key_context, index_key_context
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]  # told how many more are done; what it returns is ignored
 
 
 async def count_to_rewrap(db: Database, vault: Vault) -> int:

@@ -345,8 +345,9 @@ class Delivery:
                 if thread_ts is None:
                     text, blocks = thread_header(about.record)
                     header = await slack.post(channel, text, blocks, key=header_key(about.id))
-                    thread_ts = header["ts"]
-                    await self._record(_Done(threads=[(about.id, channel, thread_ts)]))
+                    new_thread: str = header["ts"]
+                    thread_ts = new_thread
+                    await self._record(_Done(threads=[(about.id, channel, new_thread)]))
                 text, blocks = alert_message(lines)
                 posted = await slack.post(
                     channel,
