@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     crm_master_keys: str | None = None
     crm_config: str | None = None
     port: int = Field(default=3000, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_token: str | None = None
 
     def require(self, *names: str) -> None:
         missing = [n.upper() for n in names if not getattr(self, n)]
