@@ -149,7 +149,10 @@ def test_every_command_has_help(tmp_path):
         ),
         ('alerts = { on = "x" }\n', "line 1: alerts: must be a list"),
         ("handoffs = 5\n", "line 1: handoffs: must be a table"),
-        ('[approvals]\ndepartment = ["finance"]\n', "line 2: approvals.department: must be a table"),
+        (
+            '[approvals]\ndepartment = ["finance"]\n',
+            "line 2: approvals.department: must be a table",
+        ),
         ('[sync]\nretry_delays = "1,5"\n', "line 2: sync.retry_delays: must be a list"),
         ("sync = []\n", "line 1: sync: must be a table"),
     ],
