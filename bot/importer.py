@@ -58,12 +58,13 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
         if not fieldnames or "external_id" not in fieldnames:
             raise ValueError(f"{path.name}: the header row has no external_id column")
         while True:
+            starts = reader.line_num + 1  # the bad row's line (line_num lags on an error)
             try:
                 row = next(reader)
             except StopIteration:
                 return
             except csv.Error as exc:
-                yield reader.line_num, None, f"not CSV ({exc})"
+                yield starts, None, f"not CSV ({exc})"
                 continue
             if None in row:
                 yield reader.line_num, None, "more values than header columns"
