@@ -11,7 +11,7 @@ Block = dict[str, Any]
 # Slack's ids: only these become mentions; anything else is shown as (escaped) text.
 USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
 CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
-LINK_URL = re.compile(r"^https://[^\s<>|]+$")
+LINK_URL = re.compile(r"^https?://[^\s<>|]+$")
 
 
 def esc(text: object) -> str:
@@ -86,7 +86,8 @@ def channel(channel_id: str | None) -> str:
 
 
 def link(url: str | None, text: str) -> str:
-    """`<url|text>` for an https URL (Slack's permalinks); the text alone otherwise."""
+    """`<url|text>` for a web URL that cannot break out of the link (Slack's permalinks);
+    the text alone otherwise."""
     if url and LINK_URL.match(url):
         return f"<{url}|{esc(text)}>"
     return esc(text)
