@@ -16,7 +16,7 @@ from bot.app import sync_handler
 from bot.sandbox.store import BOT_USER_ID
 from storage.models import Approval, Handoff
 from tests.fixtures.bot import ALICE, FINANCE, GRACE, SALES, SERVICE
-from tests.fixtures.slack import eventually
+from tests.poll import eventually
 
 MARKUP = "<!channel> <https://evil.example|Reset your password> <@U123> &amp; <!here>"
 # What must never appear in anything the bot sends (the escaped forms are &lt;!channel&gt; ...).

@@ -14,7 +14,7 @@ from bot.broker import dlq_list
 from storage.models import Customer
 from tests import test_sync
 from tests.fixtures.cli import run_cli
-from tests.fixtures.slack import eventually
+from tests.poll import eventually
 from tests.test_sync import count, ev, processed
 
 sync_bot = test_sync.sync_bot  # the fixture
