@@ -77,6 +77,23 @@ async def test_nested_json_unsigned_is_401_and_signed_is_400_without_a_traceback
     assert reply.status == 401
     reply = await harness.sim.send('{"type": ' + deep + "}", "application/json", signing="wrong")
     assert reply.status == 401
+    # Headers slack_sdk's verifier would raise on: not signed either, no traceback.
+    url = harness.service.url + "/slack/events"
+    odd = [
+        ({"X-Slack-Request-Timestamp": "soon", "X-Slack-Signature": "v0=00"}, b"{}"),
+        (
+            {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=00"},
+            b"\xff\xfe",
+        ),
+        (
+            {"X-Slack-Request-Timestamp": str(int(time.time())), "X-Slack-Signature": "v0=\u00e9"},
+            b"{}",
+        ),
+    ]
+    async with aiohttp.ClientSession() as session:
+        for headers, body in odd:
+            async with session.post(url, data=body, headers=headers) as r:
+                assert r.status == 401
     # Signed but nested past the limit: refused before bolt parses it.
     reply = await harness.sim.send('{"type": ' + deep + "}", "application/json")
     assert reply.status == 400 and "nested deeper than" in reply.body
