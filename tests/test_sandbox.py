@@ -106,7 +106,7 @@ async def test_granted_scopes_channel_facts_and_deactivated_users(sandbox: Sandb
     assert await slack_error(client.conversations_info(channel="C0NOWHERE")) == "channel_not_found"
 
     assert (await client.users_info(user=BOB))["user"]["deleted"] is False
-    sandbox.store.users[BOB]["deleted"] = True
+    sandbox.store.users[BOB] = {**sandbox.store.users[BOB], "deleted": True}  # not DEMO_USERS'!
     assert (await client.users_info(user=BOB))["user"]["deleted"] is True
 
 
