@@ -5,17 +5,20 @@ all well gives `ok` lines and exit 0; each fault a deployment meets gives its `F
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 from pathlib import Path
 
+import aiohttp
 import pytest
 
 from bot.sandbox import Sandbox
+from bot.service import Tuning
 from storage.db import Database
 from storage.migrate import upgrade
-from tests.fixtures.bot import BOB, FINANCE, TEST_CONFIG
+from tests.fixtures.bot import BOB, FINANCE, MARKETING, TEST_CONFIG, bot_settings, start_bot
 from tests.fixtures.cli import run_cli
-from tests.fixtures.slack import BOT_TOKEN
+from tests.fixtures.slack import BOT_TOKEN, eventually
 
 DOWN_DATABASE = "postgresql://postgres@127.0.0.1:9/crm"  # nothing listens on port 9
 DOWN_BROKER = "amqp://guest:guest@127.0.0.1:9/"
@@ -157,3 +160,46 @@ async def test_a_missing_setting_is_one_line_and_exit_2(deployment, tmp_path):
     assert output == [
         "crm-bot: missing setting: SLACK_BOT_TOKEN (set it in the environment or .env)"
     ]
+
+
+async def test_serve_names_the_channels_it_cannot_work_in_and_stays_ready(
+    tmp_path, sandbox, caplog
+):
+    """At start a log line per department channel the bot cannot work in, and /readyz names
+    them while answering 200 (the decision is in BotService.readiness); an /invite shows up at
+    the next check, without a restart."""
+    sandbox.store.channels[FINANCE].update(is_private=True, is_member=False)
+    sandbox.store.channels[MARKETING]["is_archived"] = True
+    caplog.set_level(logging.INFO, logger="bot.service")
+    settings = bot_settings(f"sqlite+aiosqlite:///{tmp_path / 'crm.db'}", sandbox)
+    tuning = Tuning(per_channel_interval=0, outbox_poll=0.1, channel_check=0.1)
+    harness = await start_bot(settings, sandbox, tuning=tuning)
+    try:
+        warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert any(
+            FINANCE in m and "not in this private channel" in m and "/invite" in m for m in warned
+        ), warned
+        assert any(MARKETING in m and "archived" in m for m in warned), warned
+
+        async with aiohttp.ClientSession() as http:
+
+            async def readyz() -> tuple[int, dict]:
+                async with http.get(harness.service.url + "/readyz") as r:
+                    return r.status, await r.json()
+
+            status, body = await readyz()
+            assert status == 200 and body["ok"] is True and body["database"] is True
+            assert set(body["channels"]) == {FINANCE, MARKETING}
+            assert "not in this private channel" in body["channels"][FINANCE]
+            assert "archived" in body["channels"][MARKETING]
+
+            sandbox.store.channels[FINANCE]["is_member"] = True  # someone invited the bot
+            await eventually(lambda: FINANCE not in harness.service.channel_problems)
+            status, body = await readyz()
+            assert status == 200 and set(body["channels"]) == {MARKETING}
+        assert any(
+            FINANCE in r.getMessage() and "fine now" in r.getMessage() for r in caplog.records
+        )
+    finally:
+        await harness.sim.close()
+        await harness.service.stop()
