@@ -298,7 +298,7 @@ def render_slack(results: list[dict]) -> str:
         for r in results:
             found = r["calls_per_action"].get(action)
             cells.append(
-                f"{found['calls']:.0f} ({slack_calls.methods_text(found['methods'])})"
+                f"{found['calls']:.0f}: {slack_calls.methods_text(found['methods'])}"
                 if found
                 else "-"
             )

@@ -120,6 +120,8 @@ def refused(sandbox: Sandbox) -> dict[str, int]:
 
 
 def methods_text(methods: dict[str, int], top: int = 3) -> str:
+    if not methods:
+        return "answered in the ack or through response_url"
     shown = list(methods.items())[:top]
     more = sum(methods.values()) - sum(n for _, n in shown)
     text = ", ".join(f"{m} {n}" for m, n in shown)
