@@ -106,32 +106,38 @@ async def check_auth(client: AsyncWebClient) -> tuple[Check, dict[str, Any]]:
     return Check("ok", "slack", detail), dict(answer.headers or {})
 
 
-def check_scopes(headers: dict[str, Any], wanted: Iterable[str] | None) -> Check:
+def check_scopes(headers: dict[str, Any], wanted: Iterable[str] | None) -> list[Check]:
+    """A FAIL line for scopes missing, a warn line for scopes granted beyond the manifest."""
     if wanted is None:
-        return Check("warn", "scopes", "manifest.yml not found: pass --manifest to compare")
+        return [Check("warn", "scopes", "manifest.yml not found: pass --manifest to compare")]
     granted_header = next((v for k, v in headers.items() if k.lower() == "x-oauth-scopes"), None)
     if granted_header is None:
-        return Check("warn", "scopes", "Slack did not say which scopes it granted")
+        return [Check("warn", "scopes", "Slack did not say which scopes it granted")]
     if isinstance(granted_header, list):
         granted_header = ",".join(granted_header)
     granted = {s.strip() for s in str(granted_header).split(",") if s.strip()}
     wanted = set(wanted)
     missing, extra = sorted(wanted - granted), sorted(granted - wanted)
+    checks = []
     if missing:
-        return Check(
-            "FAIL",
-            "scopes",
-            f"missing {', '.join(missing)}: add them to the app's bot scopes (manifest.yml) "
-            "and reinstall the app to the workspace",
+        checks.append(
+            Check(
+                "FAIL",
+                "scopes",
+                f"missing {', '.join(missing)}: add them to the app's bot scopes (manifest.yml) "
+                "and reinstall the app to the workspace",
+            )
         )
     if extra:
-        return Check(
-            "warn",
-            "scopes",
-            f"granted but not in manifest.yml: {', '.join(extra)}: remove them from the app's "
-            "bot scopes and reinstall",
+        checks.append(
+            Check(
+                "warn",
+                "scopes",
+                f"granted but not in manifest.yml: {', '.join(extra)}: remove them from the "
+                "app's bot scopes and reinstall",
+            )
         )
-    return Check("ok", "scopes", f"the {len(wanted)} scopes of manifest.yml are granted")
+    return checks or [Check("ok", "scopes", f"all {len(wanted)} of manifest.yml's are granted")]
 
 
 async def check_channel(client: AsyncWebClient, dept: Department) -> Check:
@@ -250,7 +256,7 @@ async def check_slack(
     auth, headers = await check_auth(client)
     if auth.failed:
         return [auth]
-    checks = [auth, check_scopes(headers, scopes)]
+    checks = [auth, *check_scopes(headers, scopes)]
     if not config.departments:
         checks.append(Check("warn", "departments", "CRM_CONFIG names no departments"))
     for dept in config.departments.values():

@@ -144,8 +144,8 @@ async def test_warnings_alone_keep_exit_0(deployment, tmp_path, sandbox):
     assert code == 0, output
     assert lines(output, "FAIL") == []
     assert lines(output, "warn") == [
-        "warn scopes: granted but not in manifest.yml: files:write: remove them from the app's "
-        "bot scopes and reinstall",
+        "warn scopes: granted but not in manifest.yml: files:write: remove them from the "
+        "app's bot scopes and reinstall",
         f"warn channel {FINANCE} of finance: the bot is not in this channel: `crm-bot serve` "
         "joins it at start (or /invite @crm-bot in it)",
     ]
@@ -201,3 +201,14 @@ async def test_serve_names_the_channels_it_cannot_work_in_and_stays_ready(
     finally:
         await harness.sim.close()
         await harness.service.stop()
+
+
+def test_scopes_missing_and_extra_give_a_line_each():
+    from bot.doctor import check_scopes
+
+    checks = check_scopes({"X-OAuth-Scopes": "chat:write,files:write"}, ["chat:write", "commands"])
+    assert [(c.status, c.detail.split(":")[0]) for c in checks] == [
+        ("FAIL", "missing commands"),
+        ("warn", "granted but not in manifest.yml"),
+    ]
+    assert check_scopes({}, ["commands"])[0].status == "warn"  # Slack did not say
