@@ -297,8 +297,9 @@ def render_slack(results: list[dict]) -> str:
         cells = []
         for r in results:
             found = r["calls_per_action"].get(action)
+            at_least = "" if not found or found.get("settled", True) else "~"
             cells.append(
-                f"{found['calls']:.0f}: {slack_calls.methods_text(found['methods'])}"
+                f"{at_least}{found['calls']:.0f}: {slack_calls.methods_text(found['methods'])}"
                 if found
                 else "-"
             )
