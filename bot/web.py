@@ -33,7 +33,9 @@ from slack_sdk.signature import SignatureVerifier
 from bot.lib import bounded_json
 from bot.lib.metrics import REGISTRY, request_seconds, requests_total
 
-Check = Callable[[], Awaitable[dict[str, bool]]]
+# The readiness checks: booleans decide the status (all true: 200, else 503); other values
+# (the department channels the bot cannot work in) are only shown.
+Check = Callable[[], Awaitable[dict[str, object]]]
 
 # The request kinds Slack sends (payload `type`); anything else is counted as "other".
 KINDS = frozenset(
@@ -139,7 +141,7 @@ def create_web_app(
 
     async def readyz(_: web.Request) -> web.Response:
         checks = await readiness()
-        ok = all(checks.values())
+        ok = all(v for v in checks.values() if isinstance(v, bool))
         return web.json_response({"ok": ok, **checks}, status=200 if ok else 503)
 
     app = web.Application(client_max_size=MAX_BODY)
