@@ -6,11 +6,11 @@ Each bad row is rejected with its line number and reason; the good ones are stor
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from bot.lib import bounded_json
 from storage.bulk import upsert_many
 from storage.customer_fields import validate_customer
 from storage.db import Database
@@ -31,33 +31,64 @@ class ImportReport:
 
 
 def read_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
-    """(line number, row, error) for each data row of a .csv or .jsonl/.ndjson/.json file."""
+    """(line number, row, error) for each data row of a .csv or .jsonl/.ndjson/.json file.
+
+    A bad row is an error on its line and reading goes on: a field over the csv module's size
+    limit, bytes that are not UTF-8, JSON nested too deep or too large (bot/lib/bounded_json),
+    a number too large for a float. Whether the values can be stored is `validate_customer`'s
+    part (storage/customer_fields `check_storable`)."""
     suffix = path.suffix.lower()
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        if suffix == ".csv":
-            reader = csv.DictReader(f)
-            if not reader.fieldnames or "external_id" not in reader.fieldnames:
-                raise ValueError(f"{path.name}: the header row has no external_id column")
-            for row in reader:
-                if None in row:
-                    yield reader.line_num, None, "more values than header columns"
-                    continue
+    if suffix == ".csv":
+        yield from _csv_rows(path)
+    elif suffix in (".jsonl", ".ndjson", ".json"):
+        yield from _json_lines(path)
+    else:
+        raise ValueError(f"{path.name}: use a .csv or .jsonl file")
+
+
+def _csv_rows(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    # surrogateescape: bytes that are not UTF-8 reach the row as lone surrogates, and that row
+    # alone is refused, instead of a UnicodeDecodeError ending the import.
+    with path.open(encoding="utf-8-sig", errors="surrogateescape", newline="") as f:
+        reader = csv.DictReader(f)
+        try:
+            fieldnames = reader.fieldnames
+        except csv.Error as exc:
+            raise ValueError(f"{path.name}: the header row cannot be read ({exc})") from None
+        if not fieldnames or "external_id" not in fieldnames:
+            raise ValueError(f"{path.name}: the header row has no external_id column")
+        while True:
+            starts = reader.line_num + 1  # the bad row's line (line_num lags on an error)
+            try:
+                row = next(reader)
+            except StopIteration:
+                return
+            except csv.Error as exc:
+                yield starts, None, f"not CSV ({exc})"
+                continue
+            if None in row:
+                yield reader.line_num, None, "more values than header columns"
+            elif any(_not_utf8(v) for v in row.values() if isinstance(v, str)):
+                yield reader.line_num, None, "not UTF-8"
+            else:
                 yield reader.line_num, dict(row), None
-        elif suffix in (".jsonl", ".ndjson", ".json"):
-            for n, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield n, None, f"not JSON ({exc.msg})"
-                    continue
-                if not isinstance(obj, dict):
-                    yield n, None, "not a JSON object"
-                    continue
-                yield n, obj, None
-        else:
-            raise ValueError(f"{path.name}: use a .csv or .jsonl file")
+
+
+def _not_utf8(text: str) -> bool:
+    return any("\udc80" <= c <= "\udcff" for c in text)
+
+
+def _json_lines(path: Path) -> Iterator[tuple[int, dict | None, str | None]]:
+    with path.open("rb") as f:
+        for n, line in enumerate(f, start=1):
+            if n == 1:
+                line = line.removeprefix(b"\xef\xbb\xbf")  # a byte-order mark
+            if not line.strip():
+                continue
+            try:
+                yield n, bounded_json.loads_object(line), None
+            except bounded_json.JsonRefused as exc:
+                yield n, None, str(exc)
 
 
 def count_lines(path: Path) -> int:

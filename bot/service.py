@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import logging
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from aiohttp import web
@@ -16,12 +16,13 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_bolt_app, drain, jobs, sync_handler
 from bot.doctor import Check, check_channel
+from bot.http_guard import GuardedSite, close_after_response, raise_fd_limit
 from bot.lib.config import ConfigError, CrmConfig, Settings
 from bot.lib.interaction import DrainableLazyRunner
 from bot.lib.metrics import broker_connected
 from bot.lib.slack_out import SlackOut, make_client
 from bot.runtime import open_storage
-from bot.web import create_web_app
+from bot.web import create_metrics_app, create_web_app
 from handlers.deps import Deps
 from storage.departments import sync_from_config
 
@@ -47,6 +48,8 @@ class Tuning:
     prefetch: int = 256
     job_interval: float | None = None  # overrides every job's interval (tests)
     outbox_poll: float = 1.0
+    # GuardedSite's max_connections / header_timeout (tests make them small)
+    http_guard: dict = field(default_factory=dict)
     channel_check: float = 300.0  # seconds between checks of the department channels
 
 
@@ -96,6 +99,9 @@ class BotService:
         self.relay = None
         self.url = ""
         self._runner: web.AppRunner | None = None
+        self._metrics_runner: web.AppRunner | None = None
+        self.metrics_url = ""  # set when METRICS_PORT serves /metrics apart
+        self.guard = None  # the HTTP server's ConnectionGuard
         self._socket = None
         self._tasks: list[asyncio.Task] = []  # the periodic jobs
         self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
@@ -134,18 +140,37 @@ class BotService:
             self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
             await self._socket.connect_async()
             log.info("connected to Slack over Socket Mode")
-        web_app = create_web_app(bolt, self.readiness)
+        raise_fd_limit()
+        web_app = create_web_app(
+            bolt,
+            self.readiness,
+            signing_secret=s.slack_signing_secret,
+            metrics_token=s.metrics_token,
+            serve_metrics=s.metrics_port is None,
+        )
+        close_after_response(web_app)
+        host = "0.0.0.0" if port is None else "127.0.0.1"
         self._runner = web.AppRunner(web_app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        site = web.TCPSite(
-            self._runner,
-            "0.0.0.0" if port is None else "127.0.0.1",
-            s.port if port is None else port,
+        site = GuardedSite(
+            self._runner, host, s.port if port is None else port, **self.tuning.http_guard
         )
         await site.start()
+        self.guard = site.guard
         bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         self.url = f"http://127.0.0.1:{bound}"
         log.info("crm-bot listening on port %s", bound)
+        if s.metrics_port is not None:
+            self._metrics_runner = web.AppRunner(
+                create_metrics_app(s.metrics_token), access_log=None, handle_signals=False
+            )
+            await self._metrics_runner.setup()
+            metrics_port = s.metrics_port if port is None else 0
+            msite = GuardedSite(self._metrics_runner, host, metrics_port, max_connections=64)
+            await msite.start()
+            mbound = msite._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.metrics_url = f"http://127.0.0.1:{mbound}"
+            log.info("metrics on port %s", mbound)
 
     async def _start_broker(self, deps: Deps) -> None:
         from bot.broker import Consumer, OutboxMessage, OutboxRelay, customer_partition_key
@@ -268,6 +293,8 @@ class BotService:
             await self.relay.stop()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self._metrics_runner is not None:
+            await self._metrics_runner.cleanup()
         if self._http is not None:
             await self._http.close()
         if self.deps is not None:

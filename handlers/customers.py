@@ -17,7 +17,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.lib.blocks import customers as cards
-from bot.lib.blocks import reply
+from bot.lib.blocks import esc, reply
 from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import (
     Command,
@@ -233,7 +233,9 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
             data={"channel": posted["channel"], "ts": posted["ts"]},
         )
     log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
-    return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")
+    return answer(
+        f"Shared a card for {esc(cards.label(record))} in <#{channel}> (no contact details)."
+    )
 
 
 async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:

@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     crm_master_keys: str | None = None
     crm_config: str | None = None
     port: int = Field(default=3000, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_token: str | None = None
 
     def require(self, *names: str) -> None:
         missing = [n.upper() for n in names if not getattr(self, n)]
@@ -157,20 +159,41 @@ def parse_config(text: str, source: str = "CRM_CONFIG") -> CrmConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for key, dept in (raw.get("departments") or {}).items():
-        if isinstance(dept, dict):
-            dept.setdefault("key", key)
+    departments = raw.get("departments")
+    if isinstance(departments, dict):
+        for key, dept in departments.items():
+            if isinstance(dept, dict):
+                dept.setdefault("key", key)
     try:
         config = CrmConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(p) for p in err["loc"]]
         line = _line_of(text, loc)
+        if "type" in err and err["type"].endswith("_type"):  # e.g. dict_type, string_type
+            line = line or _line_of(text, loc[:1])
         where = f"{source}, line {line}" if line else source
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _toml_words(err["msg"].removeprefix("Value error, "))
         raise ConfigError(f"{where}: {'.'.join(loc)}: {msg}") from None
     _check_references(config, text, source)
     return config
+
+
+# pydantic names Python types; the file is TOML: say table and list (array).
+_TOML_TYPES = (
+    (re.compile(r"^Input should be a valid dictionary.*"), "must be a table ([section] or { })"),
+    (re.compile(r"^Input should be a valid (tuple|list).*"), "must be a list ([ ... ])"),
+    (re.compile(r"^Input should be a valid string.*"), "must be text in quotes"),
+    (re.compile(r"^Input should be a valid (number|integer).*"), "must be a number"),
+    (re.compile(r"^Input should be a valid boolean.*"), "must be true or false"),
+)
+
+
+def _toml_words(msg: str) -> str:
+    for pattern, words in _TOML_TYPES:
+        if pattern.match(msg):
+            return words
+    return msg
 
 
 def _check_references(config: CrmConfig, text: str, source: str) -> None:
@@ -235,4 +258,6 @@ def load_config(path: str | None) -> CrmConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"CRM_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     return parse_config(text, source=path)

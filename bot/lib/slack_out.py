@@ -152,9 +152,26 @@ def make_client(
 
 
 # -- cutting to Slack's limits -------------------------------------------------------------
+MAX_ENTITY = len("&amp;") - 1  # how far back an entity cut at `end` can start
+
+
 def cut(text: str, limit: int) -> str:
-    """`text` shortened to at most `limit` characters, ending in an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+    """`text` shortened to at most `limit` characters, ending in an ellipsis when cut.
+
+    The text is mrkdwn, already escaped (bot/lib/blocks `esc`), so it is cut only between
+    entities and markup: never inside `&amp;` (Slack would show `&am…`) or inside the bot's
+    own `<@U..>`, `<!date^..>` or `<https://..|..>` (a broken token shows its syntax)."""
+    if len(text) <= limit:
+        return text
+    end = limit - 1
+    head = text[:end]
+    amp = head.rfind("&")
+    if amp != -1 and amp >= end - MAX_ENTITY and ";" not in head[amp:]:
+        end = amp
+    lt = head.rfind("<", 0, end)
+    if lt != -1 and ">" not in head[lt:end]:
+        end = lt
+    return text[:end] + ELLIPSIS
 
 
 def _cut_text_obj(obj: Any, limit: int) -> None:

@@ -3,8 +3,8 @@
 For each message (`handle(event, attempt)`, called by bot/broker's Consumer with the body
 parsed as a JSON object, one customer's events in arrival order):
 
-1. validate against `crm.sync/1` (`InvalidEvent` -> dead-lettered at once with the
-   reason); events from our own outbox (`source` = `crm-bot`) are ignored;
+1. validate against `crm.sync/1` and what storage can hold (`InvalidEvent` -> dead-lettered
+   at once with the reason); events from our own outbox (`source` = `crm-bot`) are ignored;
 2. in ONE transaction (shared with the other customers' events waiting at that moment: a
    group commit; an event that fails it is then applied alone, so only it is retried):
    skip if the event id was processed (a duplicate); upsert the customer
@@ -58,6 +58,7 @@ from handlers.sync import alerts
 from handlers.sync.delivery import Delivery, settle
 from storage import shared_cards
 from storage import sync_ledger as ledger
+from storage.customer_fields import NotStorable, check_storable
 from storage.customers import Customers
 from storage.departments import all_departments
 
@@ -156,15 +157,20 @@ def _reason(error: ValidationError) -> str:
 
 
 def validate_event(event: dict[str, Any]) -> dict[str, Any]:
-    """`event` when it is valid per `crm.sync/1`; InvalidEvent with the reason otherwise."""
+    """`event` when it is valid per `crm.sync/1` and storable (storage/customer_fields
+    `check_storable`: no NUL or lone surrogate, numbers within their columns); InvalidEvent
+    with the reason otherwise, so it is dead-lettered on its first attempt instead of failing
+    five transactions as if the database were at fault."""
     try:
         fast_validator()(event)
-        return event
     except fastjsonschema.JsonSchemaValueException:
-        pass
-    error = best_match(validator().iter_errors(event))
-    if error is not None:
-        raise InvalidEvent(_reason(error))
+        error = best_match(validator().iter_errors(event))
+        if error is not None:
+            raise InvalidEvent(_reason(error)) from None
+    try:
+        check_storable(event)
+    except NotStorable as exc:
+        raise InvalidEvent(f"not storable: {exc}") from None
     return event
 
 

@@ -28,7 +28,7 @@ def thread_header(record: CustomerRecord) -> tuple[str, list[Block]]:
         *short_card(record),
         context(":bell: Updates about this customer from the systems of record, in this thread"),
     ]
-    return f"Updates about {label(record)}", blocks
+    return f"Updates about {esc(label(record))}", blocks
 
 
 def alert_message(
@@ -39,7 +39,7 @@ def alert_message(
     who = f"*{esc(label(customer))}*: " if customer is not None else ""
     if len(lines) == 1:
         line = _clip(lines[0])
-        return f"{label(customer) + ': ' if customer else ''}{line}", [
+        return f"{esc(label(customer)) + ': ' if customer else ''}{esc(line)}", [
             section(f":bell: {who}{esc(line)}")
         ]
     blocks: list[Block] = [section(f":bell: {who}*{len(lines)} updates*")]
@@ -60,5 +60,5 @@ def alert_message(
         blocks.append(section("\n".join(chunk)))
     if shown < len(lines):
         blocks.append(context(f"… and {len(lines) - shown} more in the customer's timeline"))
-    text = f"{len(lines)} updates" + (f" about {label(customer)}" if customer else "")
+    text = f"{len(lines)} updates" + (f" about {esc(label(customer))}" if customer else "")
     return text, blocks

@@ -100,7 +100,7 @@ def short_card(record: CustomerRecord) -> list[Block]:
 
 def redacted_card(record: CustomerRecord) -> tuple[str, list[Block]]:
     """(fallback text, blocks) for a channel: no email, phone, value or notes."""
-    text = f"{label(record)}: tier {record.tier or '-'}, stage {record.lifecycle_stage or '-'}"
+    text = f"{esc(label(record))}: {_tier_stage(record)}"
     blocks = [
         section(f"{_title(record)}\n{_tier_stage(record)}\nOwner: {owner(record)}"),
         context(f"`{esc(clip(record.external_id, 80))}` · contact details: `/crm show`"),
@@ -150,7 +150,7 @@ def full_card(
         blocks.append(context(f"Updated {date(record.updated_at)} · only you can see this card"))
     else:
         blocks.append(context("Only you can see this card"))
-    return f"Customer card: {label(record)}", blocks
+    return f"Customer card: {esc(label(record))}", blocks
 
 
 def _lines(lines: list[str]) -> str:
