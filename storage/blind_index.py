@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .crypto import index_terms
 from .models import BlindIndex
 from .vault import Vault
 
@@ -16,22 +15,16 @@ if TYPE_CHECKING:
 
 
 def index_rows(vault: Vault, customer_id: uuid.UUID, record: CustomerRecord) -> list[dict]:
-    terms = index_terms(
+    digests = vault.indexer.customer_digests(
         email=record.email,
         phone=record.phone,
         external_id=record.external_id,
         texts=[record.name, record.company],
     )
     gen = vault.active_generation
-    indexer = vault.indexer
     return [
-        {
-            "customer_id": customer_id,
-            "generation": gen,
-            "kind": kind,
-            "digest": indexer.digest(kind, term),
-        }
-        for kind, term in terms
+        {"customer_id": customer_id, "generation": gen, "kind": kind, "digest": digest}
+        for digest, kind in digests.items()
     ]
 
 
