@@ -11,13 +11,13 @@ first and the last tenth of the rows (rows/s at start and at end: a cost that gr
 table shows as a falling end rate). Then it re-wraps every data key under a new master key
 (`keys rotate`) and times `find` by a 3-letter name prefix and by email (p50/p99).
 
-With `--profile`, the import runs under cProfile (its own-time per function, main thread) and
-a second table splits it: parse (CSV, validation), crypto (data keys, wraps, field
-encryption), index tokens (normalising words and prefixes, HMAC digests), SQL (SQLAlchemy and
-the driver in this thread), waiting for the database (the event loop idle while SQLite's
-thread or the PostgreSQL server works), other. cProfile slows the Python parts by ~1.5-2x, so
-the profiled run is not the timed one. The process's own CPU seconds (all threads, from
-getrusage) and the wall time are printed beside it.
+With `--profile`, py-spy (a dev dependency) samples the process's threads during the import
+and a second table splits the busy samples: parse (CSV, validation), index tokens (normalising
+words and prefixes, HMAC digests), crypto (data keys, wraps, field encryption), SQL
+(SQLAlchemy, the drivers, SQLite's own thread), other (the event loop, the progress
+bookkeeping). PostgreSQL's server time is not in it: compare the process's CPU seconds
+(getrusage, every thread) with the wall time. Peak RSS is the bench process's (the CSV is
+streamed, so it bounds what `crm-bot import` holds).
 """
 
 from __future__ import annotations
@@ -25,12 +25,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
-import cProfile
+import contextlib
 import csv
 import os
-import pstats
 import random
 import resource
+import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -79,48 +81,58 @@ def write_csv(path: Path, n: int, seed: int = 7) -> list[tuple[str, str]]:
     return sample
 
 
-CATEGORIES = (  # (category, substrings of "file:function"), first match wins
-    ("waiting for the database", ("select.epoll", "method 'poll'", "method 'select'")),
-    ("parse", ("/csv.py", "_csv.", "importer.py:read_rows", "customer_fields.py", "json")),
+CATEGORIES = (  # (category, substrings of a py-spy frame "function (file:line)"), leaf first
+    ("parse", ("csv.py", "read_rows", "customer_fields.py", "json/")),
     (
         "index tokens",
         (
-            "crypto.py:index_terms",
-            "crypto.py:fold",
-            "crypto.py:words",
-            "crypto.py:normalise",
-            "crypto.py:digest",
-            "blind_index.py:index_rows",
-            "blind_index.py:<listcomp>",
-            "unicodedata",
-            "hmac",
-            "method 'findall'",
-            "method 'casefold'",
+            "index_terms",
+            "text_words",
+            "word_terms",
+            "words (",
+            "fold (",
+            "customer_digests",
+            "digest (",
+            "index_rows",
+            "hmac.py",
         ),
     ),
-    (
-        "crypto",
-        (
-            "crypto.py",
-            "cryptography",
-            "aead",
-            "posix.urandom",
-            "vault.py",
-            "AESGCM",
-        ),
-    ),
+    ("crypto", ("crypto.py", "vault.py", "cryptography", "encrypt_field", "new_customer_key")),
     ("SQL", ("sqlalchemy", "asyncpg", "aiosqlite", "sqlite3", "blind_index.py", "bulk.py")),
 )
 
 
-def split(profile: cProfile.Profile) -> dict[str, float]:
-    stats = pstats.Stats(profile)
+def spy_split(path: Path) -> dict[str, float]:
+    """py-spy's raw samples (every thread, idle ones left out) by category: a sample counts
+    for the category of its innermost frame that matches one."""
     out: dict[str, float] = {}
-    for (filename, _line, func), (_cc, _nc, tottime, _ct, _callers) in stats.stats.items():
-        where = f"{filename}:{func}"
-        name = next((c for c, keys in CATEGORIES if any(k in where for k in keys)), "other")
-        out[name] = out.get(name, 0.0) + tottime
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        frames = stack.split(";")[::-1]
+        name = next(
+            (c for f in frames for c, keys in CATEGORIES if any(k in f for k in keys)), "other"
+        )
+        out[name] = out.get(name, 0.0) + int(count)
     return out
+
+
+class Spy:
+    """py-spy recording this process (all threads, 100 samples/s) while the block runs."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def __enter__(self) -> Spy:
+        spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+        cmd = [spy, "record", "--pid", str(os.getpid()), "--format", "raw", "--threads"]
+        cmd += ["--rate", "100", "--nonblocking", "-o", str(self.path)]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        time.sleep(1)  # let it attach (a bench, not a test)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
 
 
 def cpu_seconds() -> float:
@@ -146,14 +158,11 @@ async def run_one(kind: str, n: int, tmp: str, profile: bool) -> dict:
             done += k
             marks.append((done, time.perf_counter()))
 
-        prof = cProfile.Profile() if profile else None
-        cpu0, start = cpu_seconds(), time.perf_counter()
-        if prof:
-            prof.enable()
-        report = await import_file(db, vault, path, progress=progress)
-        if prof:
-            prof.disable()
-        wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
+        spied = Path(tmp) / f"spy-{kind}-{n}.txt"
+        with Spy(spied) if profile else contextlib.nullcontext():
+            cpu0, start = cpu_seconds(), time.perf_counter()
+            report = await import_file(db, vault, path, progress=progress)
+            wall, cpu = time.perf_counter() - start, cpu_seconds() - cpu0
         assert report.created == n and not report.rejected, report.summary()
 
         def rate(lo: float, hi: float) -> float:
@@ -188,7 +197,8 @@ async def run_one(kind: str, n: int, tmp: str, profile: bool) -> dict:
         "rewrap": rewrap_s,
         "find_p50": pct(finds, 50),
         "find_p99": pct(finds, 99),
-        "split": split(prof) if prof else None,
+        "split": spy_split(spied) if profile else None,
+        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
 
@@ -217,6 +227,7 @@ async def main() -> None:
                 "rows/s last 10%",
                 "end/start",
                 "CPU s (process)",
+                "peak RSS MB",
                 "re-wrap all s",
                 "find p50 ms",
                 "find p99 ms",
@@ -231,6 +242,7 @@ async def main() -> None:
                     r["end"],
                     f"{r['end'] / r['start']:.2f}",
                     r["cpu"],
+                    r["rss"],
                     r["rewrap"],
                     r["find_p50"],
                     r["find_p99"],
@@ -241,11 +253,11 @@ async def main() -> None:
     )
     profiled = [r for r in results if r["split"]]
     if profiled:
-        names = [c for c, _ in CATEGORIES[1:]] + [CATEGORIES[0][0], "other"]
+        names = [c for c, _ in CATEGORIES] + ["other"]
         print()
         print(
             table(
-                ["db", "customers", *(f"{c} %" for c in names), "profiled s"],
+                ["db", "customers", *(f"{c} %" for c in names), "samples"],
                 [
                     [
                         r["db"],
@@ -257,7 +269,7 @@ async def main() -> None:
                 ],
             )
         )
-        print("Share of the main thread's profiled time (cProfile, own time per function).")
+        print("Share of the process's busy samples (py-spy, every thread, 100/s; idle left out).")
 
 
 if __name__ == "__main__":

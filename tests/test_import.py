@@ -89,3 +89,34 @@ def test_import_command_end_to_end(tmp_path):
     assert wrong.returncode == 2 and "use a .csv or .jsonl file" in wrong.stderr
     for secret in ("Ada Lovelace", "ada@example.com", "Prefers email"):
         assert secret not in result.stdout + result.stderr
+
+
+async def _blind_index_indexes(db) -> set[str]:
+    from sqlalchemy import inspect
+
+    async with db.engine.connect() as conn:
+        found = await conn.run_sync(lambda c: inspect(c).get_indexes("blind_index"))
+    return {i["name"] for i in found}
+
+
+async def test_a_first_load_builds_the_blind_index_after_it_and_a_resumed_one_finishes(
+    db, vault, tmp_path
+):
+    """A first load inserts without the blind index's indexes and builds them at the end; one
+    interrupted before its build (indexes still missing) is finished by the next import; a
+    loaded table keeps its indexes."""
+    from bot.importer import import_file
+    from storage.bulk import begin_bulk_load
+
+    wanted = {"ix_blind_index_digest", "ix_blind_index_customer_id"}
+    assert wanted <= await _blind_index_indexes(db)
+    assert await begin_bulk_load(db)  # empty table: dropped, as an interrupted load leaves it
+    assert not wanted & await _blind_index_indexes(db)
+    path = tmp_path / "customers.csv"
+    path.write_text(CSV)
+    assert (await import_file(db, vault, path)).created == 2
+    assert wanted <= await _blind_index_indexes(db)
+    assert not await begin_bulk_load(db)  # rows in it: never dropped
+    assert wanted <= await _blind_index_indexes(db)
+    async with db.transaction() as s:
+        assert [r.external_id for r in await Customers(s, vault).search("katherine")] == ["C-4"]
