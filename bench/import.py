@@ -16,8 +16,8 @@ and a second table splits the busy samples: parse (CSV, validation), index token
 words and prefixes, HMAC digests), crypto (data keys, wraps, field encryption), SQL
 (SQLAlchemy, the drivers, SQLite's own thread), other (the event loop, the progress
 bookkeeping). PostgreSQL's server time is not in it: compare the process's CPU seconds
-(getrusage, every thread) with the wall time. Peak RSS is the bench process's (the CSV is
-streamed, so it bounds what `crm-bot import` holds).
+(getrusage, every thread) with the wall time. RSS is this process's before the import and its
+peak during it, sampled every 10 batches (the CSV is streamed, as `crm-bot import` reads it).
 """
 
 from __future__ import annotations
@@ -135,6 +135,11 @@ class Spy:
         self.proc.wait(timeout=60)
 
 
+def rss_mb() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+
 def cpu_seconds() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
@@ -151,12 +156,14 @@ async def run_one(kind: str, n: int, tmp: str, profile: bool) -> dict:
         async with db.transaction() as s:
             await vault.load(s)
         marks: list[tuple[int, float]] = []
-        done = 0
+        done, rss = 0, [rss_mb()]
 
         def progress(k: int) -> None:
             nonlocal done
             done += k
             marks.append((done, time.perf_counter()))
+            if len(marks) % 10 == 0:
+                rss.append(rss_mb())
 
         spied = Path(tmp) / f"spy-{kind}-{n}.txt"
         with Spy(spied) if profile else contextlib.nullcontext():
@@ -198,7 +205,7 @@ async def run_one(kind: str, n: int, tmp: str, profile: bool) -> dict:
         "find_p50": pct(finds, 50),
         "find_p99": pct(finds, 99),
         "split": spy_split(spied) if profile else None,
-        "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "rss": (rss[0], max(rss)),
     }
 
 
@@ -227,7 +234,7 @@ async def main() -> None:
                 "rows/s last 10%",
                 "end/start",
                 "CPU s (process)",
-                "peak RSS MB",
+                "RSS MB before / peak",
                 "re-wrap all s",
                 "find p50 ms",
                 "find p99 ms",
@@ -242,7 +249,7 @@ async def main() -> None:
                     r["end"],
                     f"{r['end'] / r['start']:.2f}",
                     r["cpu"],
-                    r["rss"],
+                    f"{r['rss'][0]:.0f} / {r['rss'][1]:.0f}",
                     r["rewrap"],
                     r["find_p50"],
                     r["find_p99"],
