@@ -282,33 +282,14 @@ class Customers:
         await self._write_changed()
         deferred, self._deferred = self._deferred, {}
         await self.session.flush()
-        rows = [row for new, rows in deferred.values() if new for row in rows]
-        replaced = {cid: rows for cid, (new, rows) in deferred.items() if not new}
+        replaced = [cid for cid, (new, _) in deferred.items() if not new]
         if replaced:
-            rows += await self._index_changes(replaced)
+            await self.session.execute(
+                delete(BlindIndex).where(BlindIndex.customer_id.in_(replaced))
+            )
+        rows = [row for _, rows in deferred.values() for row in rows]
         if rows:
             await insert_index_rows(self.session, rows)
-
-    async def _index_changes(self, replaced: dict[uuid.UUID, list[dict]]) -> list[dict]:
-        """Replace these customers' index rows by what changed only: a new phone is one row
-        out and one in, not all ~21 rows of the customer out and in again (each a write on
-        a random page of two B-trees). Deletes the rows no longer wanted (another term, an
-        older index generation); returns the rows to insert."""
-        stmt = select(BlindIndex.customer_id, BlindIndex.digest).where(
-            BlindIndex.customer_id.in_(list(replaced))
-        )
-        have = {(cid, bytes(digest)) for cid, digest in await self.session.execute(stmt)}
-        wanted = {(r["customer_id"], r["digest"]): r for rows in replaced.values() for r in rows}
-        stale = [{"c": cid, "d": digest} for cid, digest in have - wanted.keys()]
-        if stale:
-            table = BlindIndex.__table__
-            await self.session.execute(
-                delete(table).where(
-                    table.c.customer_id == bindparam("c"), table.c.digest == bindparam("d")
-                ),
-                stale,
-            )
-        return [row for key, row in wanted.items() if key not in have]
 
     async def _write_changed(self) -> None:
         """The ORM sends one UPDATE per customer (its version check needs each row's count);

@@ -57,9 +57,6 @@ def _sqlite_setup(engine: AsyncEngine) -> None:
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA synchronous=NORMAL")
         cursor.execute("PRAGMA busy_timeout=30000")
-        # 32 MiB of page cache (the default is 2 MiB): the blind index's B-trees take ~40 MB
-        # per 10,000 customers, and a sync batch's index writes land on random pages of them.
-        cursor.execute("PRAGMA cache_size=-32768")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
