@@ -5,13 +5,15 @@ Each bad row is rejected with its line number and reason; the good ones are stor
 
 from __future__ import annotations
 
+import asyncio
 import csv
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from bot.lib import bounded_json
-from storage.bulk import upsert_many
+from storage.bulk import Prepared, begin_bulk_load, bulk_settings, finish_bulk_load, prepare
+from storage.bulk import write as write_prepared
 from storage.customer_fields import validate_customer
 from storage.db import Database
 from storage.models import utcnow
@@ -99,33 +101,56 @@ def count_lines(path: Path) -> int:
 async def import_file(
     db: Database, vault: Vault, path: Path, *, progress=None, source: str = "import"
 ) -> ImportReport:
+    """Batches of BATCH rows, each committed on its own (a re-run resumes: rows already stored
+    are upserts that change nothing). While one batch is written, the next is encrypted and
+    indexed in a worker thread (`storage.bulk.prepare`) and the one after it parsed: the
+    database (SQLite's thread, or the PostgreSQL server) works while Python does. Memory: at
+    most three batches at a time (parsed, prepared, being written) whatever the file size."""
     report = ImportReport()
     batch: list[dict] = []
     at = utcnow()
+    writing: asyncio.Task | None = None  # the previous batch's write
+    bulk = await begin_bulk_load(db)
+
+    async def write(prepared: Prepared, rows: int) -> None:
+        async with db.transaction() as session:
+            await bulk_settings(session)
+            created, updated = await write_prepared(session, vault, prepared)
+        report.created += created
+        report.updated += updated
+        if progress:
+            progress(rows)
 
     async def flush() -> None:
-        if batch:
-            async with db.transaction() as session:
-                created, updated = await upsert_many(
-                    session, vault, batch, source=source, occurred_at=at
-                )
-            report.created += created
-            report.updated += updated
-            if progress:
-                progress(len(batch))
-            batch.clear()
+        nonlocal writing
+        if not batch:
+            return
+        rows = list(batch)
+        batch.clear()
+        prepared = await asyncio.to_thread(prepare, vault, rows, source=source, occurred_at=at)
+        if writing is not None:
+            await writing
+        writing = asyncio.create_task(write(prepared, len(rows)))
 
-    for line, row, error in read_rows(path):
-        if error is None:
-            try:
-                row = validate_customer(row)
-            except ValueError as exc:
-                error = str(exc)
-        if error is not None:
-            report.rejected.append((line, error))
-            continue
-        batch.append(row)
-        if len(batch) >= BATCH:
-            await flush()
-    await flush()
+    try:
+        for line, row, error in read_rows(path):
+            if error is None:
+                try:
+                    row = validate_customer(row)
+                except ValueError as exc:
+                    error = str(exc)
+            if error is not None:
+                report.rejected.append((line, error))
+                continue
+            batch.append(row)
+            if len(batch) >= BATCH:
+                await flush()
+        await flush()
+        if writing is not None:
+            await writing
+    finally:  # on an error, let a write under way commit or fail on its own, never cut it
+        if writing is not None:
+            await asyncio.gather(writing, return_exceptions=True)
+        if bulk:  # even after an error: the rows stored are searchable (a re-run resumes)
+            await finish_bulk_load(db)
     return report

@@ -148,3 +148,34 @@ async def test_a_batch_with_bad_rows_keeps_the_good_ones(db, vault, tmp_path):
     async with db.transaction() as s:
         found = await Customers(s, vault).search("good")
     assert sorted(r.external_id for r in found) == ["G-1", "G-2", "G-3", "J-1", "J-7"]
+
+
+async def _blind_index_indexes(db) -> set[str]:
+    from sqlalchemy import inspect
+
+    async with db.engine.connect() as conn:
+        found = await conn.run_sync(lambda c: inspect(c).get_indexes("blind_index"))
+    return {i["name"] for i in found}
+
+
+async def test_a_first_load_builds_the_blind_index_after_it_and_a_resumed_one_finishes(
+    db, vault, tmp_path
+):
+    """A first load inserts without the blind index's indexes and builds them at the end; one
+    interrupted before its build (indexes still missing) is finished by the next import; a
+    loaded table keeps its indexes."""
+    from bot.importer import import_file
+    from storage.bulk import begin_bulk_load
+
+    wanted = {"ix_blind_index_digest", "ix_blind_index_customer_id"}
+    assert wanted <= await _blind_index_indexes(db)
+    assert await begin_bulk_load(db)  # empty table: dropped, as an interrupted load leaves it
+    assert not wanted & await _blind_index_indexes(db)
+    path = tmp_path / "customers.csv"
+    path.write_text(CSV)
+    assert (await import_file(db, vault, path)).created == 2
+    assert wanted <= await _blind_index_indexes(db)
+    assert not await begin_bulk_load(db)  # rows in it: never dropped
+    assert wanted <= await _blind_index_indexes(db)
+    async with db.transaction() as s:
+        assert [r.external_id for r in await Customers(s, vault).search("katherine")] == ["C-4"]
