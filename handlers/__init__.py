@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from handlers import audit_witness, customers, departments, home
+from handlers import audit_witness, customers, departments, home, notes
 from handlers.approvals import listeners as approvals
 from handlers.commands import CommandRouter
 from handlers.deps import Deps
@@ -19,6 +19,7 @@ def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:
     handoffs.register(app, deps, router)
     approvals.register(app, deps, router)
     departments.register(app, deps, router)
+    notes.register(app, deps, router)
     home.register(app, deps)
     router.register(app, deps)
     return router

@@ -14,7 +14,18 @@ ROOT = Path(__file__).resolve().parent.parent
 SCHEMA = ROOT / "tests" / "contracts" / "slack-manifest.schema.1.0.0.json"
 SHARED_SCHEMA = ROOT.parent / "shared" / "contracts" / "slack-manifest.schema.1.0.0.json"
 REQUEST_URL = "https://crm-bot.example.com/slack/events"
-SUBCOMMANDS = ["help", "find", "show", "handoff", "approval", "handoffs", "approvals", "dept"]
+SUBCOMMANDS = [
+    "help",
+    "find",
+    "show",
+    "handoff",
+    "approval",
+    "handoffs",
+    "approvals",
+    "dept",
+    "note",
+    "pipeline",
+]
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +54,11 @@ def test_slash_command_and_shortcut(manifest):
     assert command["url"] == REQUEST_URL
     for sub in SUBCOMMANDS:
         assert sub in command["usage_hint"].replace("|", " ").split()
-    (shortcut,) = features["shortcuts"]
-    assert (shortcut["type"], shortcut["callback_id"]) == ("message", "handoff_from_message")
-    assert shortcut["name"] == "Hand off customer"
+    shortcuts = {(s["type"], s["callback_id"]): s["name"] for s in features["shortcuts"]}
+    assert shortcuts == {
+        ("message", "handoff_from_message"): "Hand off customer",
+        ("message", "add_to_customer_record"): "Add to customer record",
+    }
     assert features["app_home"]["home_tab_enabled"] is True
     assert features["app_home"]["messages_tab_enabled"] is True
 
@@ -67,7 +80,8 @@ def test_scopes_are_the_smallest_set_used(manifest):
     # (conversations.open), channels:history, groups:history and im:history
     # (conversations.history and .replies, to find the bot's own earlier post when a retry does
     # not know whether it went out: in channels, private channels and its direct messages).
-    # app_home_opened needs no scope.
+    # files:write (files.getUploadURLExternal and files.completeUploadExternal, the digests'
+    # charts). app_home_opened needs no scope.
     assert sorted(manifest["oauth_config"]["scopes"]["bot"]) == sorted(
         [
             "commands",
@@ -80,6 +94,7 @@ def test_scopes_are_the_smallest_set_used(manifest):
             "channels:history",
             "groups:history",
             "im:history",
+            "files:write",
         ]
     )
     assert "user" not in manifest["oauth_config"]["scopes"]
