@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, select, update
+from sqlalchemy import case, func, literal, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Customer, Deal, OpenItem, utcnow
@@ -260,22 +260,23 @@ async def pipeline(
 
 
 async def won_by_week(
-    session: AsyncSession, scope: Scope, now: datetime, weeks: int = 8
+    session: AsyncSession, scope: Scope, now: datetime, weeks: int = 8, *, with_values: bool = True
 ) -> list[tuple[datetime, dict[str, Decimal]]]:
-    """Won value per week (weeks ending at `now`, oldest first), per currency."""
+    """Won value per week (weeks ending at `now`, oldest first), per currency; without
+    `with_values`, the number of deals won (under the currency key "")."""
     start = now - timedelta(weeks=weeks)
     buckets: list[tuple[datetime, dict[str, Decimal]]] = [
         (start + timedelta(weeks=i), {}) for i in range(weeks)
     ]
     stmt = (
-        select(Deal.closed_at, Deal.currency, Deal.amount)
+        select(Deal.closed_at, Deal.currency, Deal.amount if with_values else literal(1))
         .where(Deal.closed_at >= start, Deal.closed_at <= now, Deal.stage == WON)
         .where(*scope.where(Deal))
     )
     for closed_at, currency, value in await session.execute(stmt):
         i = min(weeks - 1, int((closed_at - start) / timedelta(weeks=1)))
         sums = buckets[i][1]
-        cur = currency or ""
+        cur = (currency or "") if with_values else ""
         sums[cur] = sums.get(cur, Decimal(0)) + Decimal(value or 0)
     return buckets
 

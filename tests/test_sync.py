@@ -359,6 +359,37 @@ async def test_an_unknown_customer_is_alerted_by_external_id_and_filled_in_when_
         assert sorted(kinds) == ["customer.upserted", "ticket.escalated"]
 
 
+async def test_an_escalation_about_a_customer_first_seen_in_it_reaches_sales_and_service(
+    sync_bot,
+):
+    """The helpdesk knows the customer first: the event's name and email create the record,
+    and its alert reaches both channels within seconds (it was dead-lettered before)."""
+    bot = await sync_bot()
+    data = {"ticket_id": "T-9", "subject": "Outage", "priority": "urgent"}
+    await bot.publish(
+        ev("ticket.escalated", "C-FIRST", data, src="helpdesk", name="Nia New", email="n@x.io")
+    )
+    for channel in (SALES, SERVICE):
+        await eventually(
+            lambda ch=channel: any("Nia New" in t and "T-9" in t for t in _threads(bot, ch)),
+            within=5,
+        )
+    got = await record(bot, "C-FIRST")
+    assert (got.name, got.email) == ("Nia New", "n@x.io")
+    assert not any("not in the shared records" in t for t in replies(bot, SALES))
+
+
+def _threads(bot: Harness, channel: str) -> list[str]:
+    """Each top-level message with its replies, as one text."""
+    out = []
+    for m in bot.store.messages(channel):
+        thread = bot.store.thread(channel, m["ts"]) or [m]
+        out.append(
+            "\n".join(block_texts(x.get("blocks") or []) + (x.get("text") or "") for x in thread)
+        )
+    return out
+
+
 async def test_the_retry_schedule_is_the_configs(sync_bot, amqp_url):
     """`[sync] retry_delays` and `max_attempts` decide how long an event is retried."""
     bot = await sync_bot(
@@ -368,12 +399,16 @@ async def test_the_retry_schedule_is_the_configs(sync_bot, amqp_url):
     # a passing failure: the table an escalation writes to is away (as in a botched deploy)
     async with bot.deps.db.transaction() as session:
         await session.execute(text("ALTER TABLE open_items RENAME TO open_items_away"))
-    await bot.publish(ticket(ext="C-404"))
-    letters = await eventually(lambda: dlq_list(amqp_url))
-    assert [(d.reason.split(":")[0], d.attempts) for d in letters] == [
-        ("gave up after 3 attempts", 3)
-    ]
-    assert outcome("retried") == retried + 2
+    try:
+        await bot.publish(ticket(ext="C-404"))
+        letters = await eventually(lambda: dlq_list(amqp_url))
+        assert [(d.reason.split(":")[0], d.attempts) for d in letters] == [
+            ("gave up after 3 attempts", 3)
+        ]
+        assert outcome("retried") == retried + 2
+    finally:  # the database is shared by the tests that follow
+        async with bot.deps.db.transaction() as session:
+            await session.execute(text("ALTER TABLE open_items_away RENAME TO open_items"))
 
 
 @pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)  # a server a proxy can cut
