@@ -61,6 +61,30 @@ class Deals:
         self._items: dict[tuple[str, str], OpenItem | None] = {}
         self._new: list[Deal | OpenItem] = []  # added by `write`, after their customers
 
+    async def preload(self, events: Iterable[dict[str, Any]]) -> None:
+        """Load the deals and items a batch of events is about, one query each (not one per
+        event); later look-ups for them are answered from memory."""
+        deal_ids, items = set(), set()
+        for e in events:
+            data = e.get("data") or {}
+            if e.get("type") == "deal.stage_changed" and data.get("deal_id") is not None:
+                deal_ids.add(str(data["deal_id"])[:128])
+            elif e.get("type") in ITEM_EVENTS:
+                item_id = str(data.get("invoice_id") or data.get("ticket_id") or "")[:128]
+                if item_id:
+                    items.add((ITEM_EVENTS[e["type"]][0], item_id))
+        deal_ids -= set(self._deals)
+        items -= set(self._items)
+        if deal_ids:
+            rows = await self.session.execute(select(Deal).where(Deal.deal_id.in_(deal_ids)))
+            found = {d.deal_id: d for d in rows.scalars()}
+            self._deals.update({d: found.get(d) for d in deal_ids})
+        for kind in {k for k, _ in items}:
+            ids = [i for k, i in items if k == kind]
+            stmt = select(OpenItem).where(OpenItem.kind == kind, OpenItem.item_id.in_(ids))
+            found_items = {o.item_id: o for o in (await self.session.execute(stmt)).scalars()}
+            self._items.update({(kind, i): found_items.get(i) for i in ids})
+
     async def _deal(self, deal_id: str) -> Deal | None:
         if deal_id not in self._deals:
             self._deals[deal_id] = await self.session.get(Deal, deal_id)

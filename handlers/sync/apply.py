@@ -264,13 +264,9 @@ class Sync:
             with_cards = await shared_cards.customers_with_cards(
                 session, [c.id for c in customers.preloaded()]
             )
-            batch = _Batch(
-                session,
-                customers,
-                ledger.Writes(self.deps.vault),
-                with_cards,
-                Deals(session, self.deps.vault),
-            )
+            deals = Deals(session, self.deps.vault)
+            await deals.preload(events)
+            batch = _Batch(session, customers, ledger.Writes(self.deps.vault), with_cards, deals)
             # The batch's rows are written together at its end (an executemany per table),
             # not statement by statement.
             with session.no_autoflush:
