@@ -106,10 +106,11 @@ async def blocks_of(
 
 
 async def pipeline_command(deps: Deps, cmd: Command) -> dict:
-    if not await deps.directory.departments_of(cmd.user):
+    mine = await deps.directory.departments_of(cmd.user)
+    if not mine:
         raise Forbidden("Only members of a department can see the pipeline.")
     scope, title = await parse_scope(deps, cmd)
-    values = await may_see_values(deps, cmd.user)
+    values = any(department_sees_values(deps, d.key) for d in mine)  # = may_see_values
     blocks = await build(deps, scope, title, values=values)
     log.info("/crm pipeline by %s (values: %s)", cmd.user, values)
     return reply(title, blocks)

@@ -19,7 +19,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, update
+from sqlalchemy import case, func, literal, select, union_all, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import Customer, Deal, OpenItem, utcnow
@@ -263,21 +263,24 @@ async def pipeline(
 
     top: list[OpenDeal] = []
     if with_values and largest:
-        for stage in OPEN_STAGES:
-            stmt = (
-                select(
-                    Deal.deal_id,
-                    Deal.customer_id,
-                    Deal.stage,
-                    Deal.amount,
-                    Deal.currency,
-                    Deal.name_ct,
-                )
-                .where(Deal.stage == stage, Deal.amount.is_not(None), *scope.where(Deal))
-                .order_by(Deal.amount.desc())
-                .limit(largest)
-            )
-            top += [OpenDeal(*row) for row in await session.execute(stmt)]
+        cols = (
+            Deal.deal_id,
+            Deal.customer_id,
+            Deal.stage,
+            Deal.amount,
+            Deal.currency,
+            Deal.name_ct,
+        )
+        per_stage = [
+            select(*cols)
+            .where(Deal.stage == stage, Deal.amount.is_not(None), *scope.where(Deal))
+            .order_by(Deal.amount.desc())
+            .limit(largest)
+            .subquery()
+            for stage in OPEN_STAGES
+        ]
+        stmt = union_all(*(select(*q.c) for q in per_stage))
+        top = [OpenDeal(*row) for row in await session.execute(stmt)]
         top.sort(key=lambda d: -(d.amount or 0))
         top = top[:largest]
     return Pipeline(by_stage, won, lost, top)
