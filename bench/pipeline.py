@@ -34,10 +34,10 @@ from sqlalchemy import delete, insert, text
 
 from bench.common import median, pct, table, throwaway_database
 from bot.lib.config import Settings, parse_config
+from bot.lib.interaction import Command, Person
 from bot.sandbox import Sandbox
 from bot.service import BotService, Tuning
 from handlers import digests
-from handlers.commands import Command
 from handlers.pipeline import pipeline_command
 from storage.crypto import KeyRing, encrypt_field
 from storage.models import Customer, Deal, DigestRun
@@ -172,7 +172,7 @@ async def measure(kind: str, n_customers: int, n_deals: int, runs: int, tmp: str
                 ("/crm pipeline sales", "sales"),
                 ("/crm pipeline <owner>", OWNERS[0]),
             ):
-                cmd = Command(user=USER, channel="C0FINANCE", args=args)
+                cmd = Command(person=Person(USER), channel="C0FINANCE", args=args)
                 await pipeline_command(deps, cmd)  # warm
                 ms = await timed(lambda cmd=cmd: pipeline_command(deps, cmd), runs)
                 rows.append([kind, label, runs, median(ms), pct(ms, 99)])

@@ -8,6 +8,7 @@ import logging
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks.home import home_view
+from bot.lib.interaction import ack_only, lazy, parse_event
 from bot.lib.slack_out import SlackError
 from handlers.deps import Deps
 
@@ -54,16 +55,17 @@ async def refresh_homes(deps: Deps, department_key: str | None, requester: str) 
             log.warning("could not refresh the App Home of %s", user, exc_info=True)
 
 
+async def opened(deps: Deps, body: dict) -> None:
+    """The person opened the tab: publish it. Nobody asked a question, so a Slack failure
+    is only logged (the tab shows its last version)."""
+    event = parse_event(body)
+    if event.event.get("tab", "home") != "home" or not event.person.id:
+        return
+    try:
+        await publish_home(deps, event.person.id)
+    except SlackError as exc:
+        log.warning("home tab of %s not published: %s", event.person.id, exc.kind)
+
+
 def register(app: AsyncApp, deps: Deps) -> None:
-    async def ack_only(ack):
-        await ack()
-
-    async def opened(event):
-        if event.get("tab", "home") != "home" or not event.get("user"):
-            return
-        try:
-            await publish_home(deps, event["user"])
-        except SlackError as exc:
-            log.warning("home tab of %s not published: %s", event["user"], exc.kind)
-
-    app.event("app_home_opened")(ack=ack_only, lazy=[opened])
+    app.event("app_home_opened")(ack=ack_only, lazy=[lazy(opened, deps)])

@@ -14,7 +14,9 @@ Decisions where the issue is silent:
   of the team learns of it); a customer with no owning department gets no alert.
 - From a message: the note's text is the message's (editable in the modal) and the link is the
   message's permalink; the modal's customer field is prefilled with the first email address or
-  external id in the message that is a customer, and empty when it names none.
+  external id in the message that is a customer, and empty when it names none. The modal is
+  checked for its shape only when submitted (the ack goes before any database work); a
+  customer typed there that the bot does not know is told to the person afterwards.
 """
 
 from __future__ import annotations
@@ -23,17 +25,29 @@ import logging
 import uuid
 from dataclasses import dataclass
 
-from pydantic import BaseModel, ValidationError
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks import notes as render
 from bot.lib.blocks import reply
 from bot.lib.blocks.customers import label
-from handlers.commands import Command, CommandRouter, clean_text
+from bot.lib.errors import Forbidden, NotFound, UserError
+from bot.lib.interaction import (
+    Command,
+    ModalMeta,
+    Submission,
+    ack_only,
+    lazy,
+    open_then_fill,
+    parse_click,
+    parse_customer_id,
+    parse_shortcut,
+    parse_submission,
+    tell,
+)
+from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from handlers.errors import Forbidden, NotFound, UserError
 from handlers.handoffs.flow import permalink
-from handlers.handoffs.listeners import clicked, message_text, safely, tell
+from handlers.handoffs.listeners import message_text
 from handlers.handoffs.rules import customer_refs
 from handlers.sync.apply import syncer
 from storage import audit, outbox
@@ -50,11 +64,10 @@ USAGE = "note <customer> <text>"
 EVENT = "note.added"
 
 
-class NoteMeta(BaseModel):
-    """private_metadata of the `Add note` modal."""
+class NoteMeta(ModalMeta):
+    """private_metadata of the `Add note` modal (and `channel_id`, where it was opened)."""
 
     customer_id: uuid.UUID | None = None  # from the card; else the modal asks
-    channel: str | None = None
     permalink: str | None = None
 
 
@@ -161,7 +174,9 @@ async def add(deps: Deps, req: NewNote) -> str | None:
     return f"Added your note to {who}'s record."
 
 
-# --- listeners ---------------------------------------------------------------------------------
+# --- listeners (on the interaction toolkit) ---------------------------------------------------
+
+MODAL_TITLE = "Add to customer record"
 
 
 async def note_command(deps: Deps, cmd: Command) -> dict:
@@ -170,110 +185,96 @@ async def note_command(deps: Deps, cmd: Command) -> dict:
     return reply(done or "That note was added already.")
 
 
-def _value(view: dict, block: str, action: str) -> str:
-    state = ((view.get("state") or {}).get("values") or {}).get(block) or {}
-    return ((state.get(action) or {}).get("value") or "").strip()
-
-
-async def check_form(deps: Deps, view: dict) -> tuple[NoteMeta | None, NewNote | None, dict]:
-    """A submitted `Add note` modal: (metadata, the note, errors by block id)."""
-    try:
-        meta = NoteMeta.model_validate_json(view.get("private_metadata") or "")
-    except ValidationError:
+def note_form(sub: Submission) -> tuple[NoteMeta | None, NewNote | None, dict[str, str]]:
+    """(metadata, the note, errors by block id) of a submitted `Add note` modal, checked for
+    its shape only (no database: the ack must go within 3 s)."""
+    meta = sub.meta(NoteMeta)
+    if meta is None:
         return None, None, {render.TEXT_BLOCK: "This form is out of date; open it again."}
     errors: dict[str, str] = {}
-    text = _value(view, render.TEXT_BLOCK, render.TEXT_ACTION)
+    text = sub.text(render.TEXT_BLOCK, render.TEXT_ACTION)
     try:
         text = check_text(text)
     except UserError as exc:
         errors[render.TEXT_BLOCK] = str(exc)
-    ref = _value(view, render.CUSTOMER_BLOCK, render.CUSTOMER_ACTION) or None
-    if meta.customer_id is None:
-        if not ref:
-            errors[render.CUSTOMER_BLOCK] = "Name the customer: an email address or external id."
-        else:
-            async with deps.db.transaction() as session:
-                found = await Customers(session, deps.vault).by_ref(ref)
-            if found is None:
-                errors[render.CUSTOMER_BLOCK] = "I know no such customer."
+    ref = sub.text(render.CUSTOMER_BLOCK, render.CUSTOMER_ACTION) or None
+    if meta.customer_id is None and not ref:
+        errors[render.CUSTOMER_BLOCK] = "Name the customer: an email address or external id."
     note = NewNote(
-        user="",
+        user=sub.user,
         text=text,
         customer_ref=ref,
         customer_id=meta.customer_id,
-        channel=meta.channel,
+        channel=meta.channel_id,
         permalink=meta.permalink,
-        dedupe_key=f"note_add:{view.get('id')}",
+        dedupe_key=f"note_add:{sub.view_id}",
     )
     return meta, note, errors
 
 
-def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
-    router.add("note", note_command, USAGE, "add a note to the shared record")
+async def card_modal(deps: Deps, meta: NoteMeta) -> dict:
+    async with deps.db.transaction() as session:
+        repo = Customers(session, deps.vault)
+        customer = await repo.get(meta.customer_id) if meta.customer_id else None
+        if customer is None or customer.erased_at is not None:
+            raise NotFound("That customer is no longer on record.")
+        name = label(repo.read(customer))
+    return render.add_modal(meta.model_dump_json(), customer_label=name)
 
-    async def ack_now(ack):
-        await ack()
 
-    async def on_card_button(body):
-        user, value, channel, _ = clicked(body)
-        try:
-            cid = uuid.UUID(str(value))
-        except ValueError:
-            await tell(deps, channel, user, "That button does not name a customer.")
-            return
-        async with deps.db.transaction() as session:
-            repo = Customers(session, deps.vault)
-            customer = await repo.get(cid)
-            name = label(repo.read(customer)) if customer and not customer.erased_at else None
-        if name is None:
-            await tell(deps, channel, user, "That customer is no longer on record.")
-            return
-        meta = NoteMeta(customer_id=cid, channel=channel)
-        view = render.add_modal(meta.model_dump_json(), customer_label=name)
-        _, problem = await safely("note modal", deps.slack.open_view(body["trigger_id"], view))
-        if problem:
-            await tell(deps, channel, user, problem)
+async def on_card_button(deps: Deps, body: dict) -> None:
+    """`Add note` on a customer card: the modal, for that customer."""
+    click = parse_click(body)
+    cid = parse_customer_id(click.value)
+    if cid is None:
+        raise UserError("That button does not name a customer; nothing to do.")
+    meta = NoteMeta(customer_id=cid, channel_id=click.channel)
+    await open_then_fill(deps.slack, click.trigger_id, MODAL_TITLE, lambda: card_modal(deps, meta))
 
-    async def on_shortcut(body):
-        user = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id")
-        message = body.get("message") or {}
-        text = message_text(message)
+
+async def on_shortcut(deps: Deps, body: dict) -> None:
+    """ "Add to customer record" on a message: the modal with its text, its link, and the
+    customer it names (if any) preselected."""
+    shortcut = parse_shortcut(body)
+
+    async def fill() -> dict:
+        text = message_text(shortcut.message)
         refs = customer_refs(text)
         async with deps.db.transaction() as session:
             named = await Handoffs(session, deps.vault).customer_named(refs) if refs else None
             ref = named.external_id if named is not None else None
-        ts = body.get("message_ts") or message.get("ts")
-        link = None
-        if channel and ts:
-            link = await permalink(deps, channel, ts)
-        meta = NoteMeta(channel=channel, permalink=link)
-        view = render.add_modal(
+        link = await permalink(deps, shortcut.channel, shortcut.message_ts)
+        meta = NoteMeta(channel_id=shortcut.channel, permalink=link)
+        return render.add_modal(
             meta.model_dump_json(), customer_ref=ref, ask_customer=True, text=text
         )
-        _, problem = await safely("note modal", deps.slack.open_view(body["trigger_id"], view))
-        if problem:
-            await tell(deps, channel, user, problem)
 
-    async def submit_ack(ack, view):
-        _, _, errors = await check_form(deps, view)
-        if errors:
-            await ack(response_action="errors", errors=errors)
-        else:
-            await ack()
+    await open_then_fill(deps.slack, shortcut.trigger_id, MODAL_TITLE, fill)
 
-    async def submitted(body, view):
-        meta, note, errors = await check_form(deps, view)
-        if errors or meta is None or note is None:
-            return  # answered in the modal by the ack
-        note.user = body["user"]["id"]
-        done, problem = await safely("note add", add(deps, note))
-        if problem or done:
-            await tell(deps, meta.channel, note.user, problem or done)
 
-    app.action(render.ADD)(ack=ack_now, lazy=[on_card_button])
-    app.shortcut(render.SHORTCUT)(ack=ack_now, lazy=[on_shortcut])
-    app.view(render.VIEW)(ack=submit_ack, lazy=[submitted])
+async def submit_ack(ack, body) -> None:
+    _, _, errors = note_form(parse_submission(body))
+    if errors:
+        await ack(response_action="errors", errors=errors)
+    else:
+        await ack()
+
+
+async def submitted(deps: Deps, body: dict) -> None:
+    sub = parse_submission(body)
+    meta, note, errors = note_form(sub)
+    if errors or meta is None or note is None:
+        return  # answered in the modal by the ack
+    done = await add(deps, note)  # a refusal is raised, and told by the toolkit
+    if done:
+        await tell(deps.slack, sub.person, done, sub.place)
+
+
+def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
+    router.add("note", note_command, USAGE, "add a note to the shared record")
+    app.action(render.ADD)(ack=ack_only, lazy=[lazy(on_card_button, deps)])
+    app.shortcut(render.SHORTCUT)(ack=ack_only, lazy=[lazy(on_shortcut, deps)])
+    app.view(render.VIEW)(ack=submit_ack, lazy=[lazy(submitted, deps)])
 
 
 __all__ = ["register"]

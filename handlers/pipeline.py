@@ -18,9 +18,10 @@ from sqlalchemy import select
 from bot.lib.blocks import pipeline as render
 from bot.lib.blocks import reply
 from bot.lib.blocks.customers import label
-from handlers.commands import Command, CommandRouter
+from bot.lib.errors import Forbidden, NotFound, UserError
+from bot.lib.interaction import Command
+from handlers.commands import CommandRouter
 from handlers.deps import Deps
-from handlers.errors import Forbidden, NotFound, UserError
 from storage import deals
 from storage.customers import Customers
 from storage.models import Customer

@@ -51,10 +51,13 @@ def note_values(note: str, customer: str | None = None) -> dict:
 
 
 async def open_view(bot, user, n_before):
-    views = await eventually(
-        lambda: len(bot.store.views(user)) > n_before and bot.store.views(user)
-    )
-    return views[-1]
+    """The modal opened after the first `n_before`, once filled (it opens "Loading…")."""
+
+    def opened():
+        views = bot.store.views(user)
+        return len(views) > n_before and views[-1].get("callback_id") == "note_add" and views
+
+    return (await eventually(opened))[-1]
 
 
 async def card(bot, user=ALICE) -> str:
@@ -131,8 +134,16 @@ async def test_a_note_each_way_is_on_the_card_sealed_published_alerted_and_erase
     view = await open_view(bot, ERIN, n_views)
     inputs = {b["block_id"]: b["element"].get("initial_value") for b in view["blocks"]}
     assert inputs["note_customer"] is None
-    reply = await bot.sim.submit_view(ERIN, view["id"], note_values("x", "nobody@example.com"))
-    assert reply.json()["errors"] == {"note_customer": "I know no such customer."}
+    reply = await bot.sim.submit_view(ERIN, view["id"], note_values("x", ""))
+    assert reply.json()["errors"] == {
+        "note_customer": "Name the customer: an email address or external id."
+    }
+    n = len(bot.store.ephemerals(ERIN, SERVICE))
+    await bot.sim.submit_view(ERIN, view["id"], note_values("x", "nobody@example.com"))
+    await said(bot, ERIN, SERVICE, n, "I know no customer `nobody@example.com`")
+    n_views = len(bot.store.views(ERIN))
+    await bot.sim.message_shortcut(ERIN, SERVICE, ts, "add_to_customer_record")
+    view = await open_view(bot, ERIN, n_views)
     n = len(bot.store.ephemerals(ERIN, SERVICE))
     await bot.sim.submit_view(ERIN, view["id"], note_values(f"she {SECRETS[3]}", "ada@example.com"))
     await said(bot, ERIN, SERVICE, n, "Added your note")
