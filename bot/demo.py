@@ -185,7 +185,11 @@ class Demo:
             before = {v["id"] for v in store.views(ERIN)}
             await sim.message_shortcut(ERIN, SERVICE, reply, "add_to_customer_record")
             for _ in range(200):  # the modal opens within a second or two
-                new = [v for v in store.views(ERIN) if v["id"] not in before]
+                new = [  # once filled: it opens saying "Loading…"
+                    v
+                    for v in store.views(ERIN)
+                    if v["id"] not in before and v.get("callback_id") == "note_add"
+                ]
                 if new:
                     break
                 await asyncio.sleep(0.05)

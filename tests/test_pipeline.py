@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from sqlalchemy import func, select, text
 
-from bot.lib.config import parse_config
+from bot.lib.config import ConfigError, parse_config
 from handlers import digests
 from handlers.sync.apply import syncer
 from storage.deals import month_start
@@ -215,3 +215,22 @@ def test_the_schedule_gives_the_latest_period():
     assert digests.latest_due(digest, monday) == datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
     daily = parse_config(TEST_CONFIG + DIGESTS).digests[1]
     assert digests.latest_due(daily, now) == datetime(2026, 12, 2, 7, 30, tzinfo=UTC)
+
+
+@pytest.mark.parametrize(
+    "toml, says",
+    [
+        ('[[digests]]\nschedule = "mon 08:00"\n', "give a department or a channel"),
+        ('[[digests]]\ndepartment = "legal"\nschedule = "mon 08:00"\n', "unknown department"),
+        ('[[digests]]\nchannel = "C0X1"\nschedule = "someday"\n', "is not a schedule"),
+        (
+            '[[digests]]\nchannel = "C0X1"\nschedule = "daily 08:00"\ntimezone = "Mars/Base"\n',
+            "is not a time zone",
+        ),
+        ('[pipeline]\nvalues = ["legal"]\n', "pipeline.values: unknown department"),
+    ],
+)
+def test_bad_digest_config_is_one_line_naming_it(toml, says):
+    with pytest.raises(ConfigError) as err:
+        parse_config(TEST_CONFIG + toml)
+    assert says in str(err.value) and "\n" not in str(err.value)
