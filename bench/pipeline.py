@@ -40,6 +40,7 @@ from bot.service import BotService, Tuning
 from handlers import digests
 from handlers.pipeline import pipeline_command
 from storage.crypto import KeyRing, encrypt_field
+from storage.deals import rebuild_totals
 from storage.models import Customer, Deal, DigestRun
 from storage.vault import Vault
 
@@ -127,6 +128,8 @@ async def seed(url: str, n_customers: int, n_deals: int) -> float:
     async with db.transaction() as session:
         for i in range(0, len(deals), 5000):
             await session.execute(insert(Deal.__table__), deals[i : i + 5000])
+    async with db.transaction() as session:  # the pipeline's totals, as the sync keeps them
+        await rebuild_totals(session)
     if db.engine.dialect.name == "postgresql":
         async with db.engine.connect() as conn:
             await conn.exec_driver_sql("COMMIT")

@@ -5,9 +5,13 @@ Applied from sync events with the customers' rule: per source, a change older th
 one applied from that source changes nothing (`source_clock`); a repeated event id never
 reaches here (processed_events). Takes a session, never commits.
 
-The pipeline's queries each read one covering index: totals per stage and currency, the
-largest open deals per stage (a LIMIT per stage, merged here, rather than one sort of every
-open deal), and the deals closed since the start of last month.
+The pipeline's totals are kept as they change (`deal_totals`: count and sum per owner, stage,
+currency and month closed), so `/crm pipeline` reads a few dozen rows whatever the number of
+deals: each deal change adds its new contribution and takes back its old one, in the same
+transaction (the batch's changes summed first, then one upsert per total row, in key order so
+two replicas cannot deadlock). The largest open deals come from one covering index (a LIMIT
+per stage, merged here), the won value per week from another. `rebuild_totals` recomputes the
+totals from the deals (after a bulk load).
 """
 
 from __future__ import annotations
@@ -19,10 +23,12 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, union_all, update
+from sqlalchemy import func, literal, select, union_all, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from .models import Customer, Deal, OpenItem, utcnow
+from .models import Customer, Deal, DealTotal, OpenItem, utcnow
 from .vault import Vault
 
 OPEN_STAGES = ("qualification", "proposal", "negotiation")
@@ -45,6 +51,20 @@ def _money(value: Any) -> Decimal | None:
     return Decimal(str(value)).quantize(Decimal("0.01"))
 
 
+TotalKey = tuple[str, str, str, str, str]  # department, owner, stage, currency, month
+
+
+def total_key(deal: Deal) -> TotalKey:
+    month = f"{deal.closed_at:%Y-%m}" if deal.closed_at is not None else ""
+    return (
+        deal.owner_department or "",
+        deal.owner_slack_user or "",
+        deal.stage,
+        deal.currency or "",
+        month,
+    )
+
+
 def _newer(clock: dict | None, source: str, occurred_at: datetime) -> bool:
     last = (clock or {}).get(source)
     return last is None or datetime.fromisoformat(last) <= occurred_at
@@ -60,6 +80,13 @@ class Deals:
         self._deals: dict[str, Deal | None] = {}
         self._items: dict[tuple[str, str], OpenItem | None] = {}
         self._new: list[Deal | OpenItem] = []  # added by `write`, after their customers
+        self._deltas: dict[TotalKey, list] = {}  # total row -> [count, amount] to add
+
+    def _count(self, deal: Deal, sign: int) -> None:
+        """Add (`sign` 1) or take back (-1) a deal's contribution to its total row."""
+        delta = self._deltas.setdefault(total_key(deal), [0, Decimal(0)])
+        delta[0] += sign
+        delta[1] += sign * (deal.amount or Decimal(0))
 
     async def preload(self, events: Iterable[dict[str, Any]]) -> None:
         """Load the deals and items a batch of events is about, one query each (not one per
@@ -102,6 +129,8 @@ class Deals:
             self._deals[deal_id] = deal
         elif not _newer(deal.source_clock, source, occurred_at):
             return False
+        else:
+            self._count(deal, -1)
         deal.customer_id = customer.id
         deal.stage = data["stage"]
         if "amount" in data:
@@ -115,6 +144,7 @@ class Deals:
         deal.owner_slack_user = customer.owner_slack_user
         deal.source_clock = {**(deal.source_clock or {}), source: occurred_at.isoformat()}
         deal.updated_at = utcnow()
+        self._count(deal, 1)
         return True
 
     async def apply_item(
@@ -148,25 +178,87 @@ class Deals:
         item.occurred_at = occurred_at
         return True
 
-    async def write(self) -> None:
-        """Insert the new rows (once the customers they refer to are written)."""
+    async def write(self, owner_changed: Iterable[Customer] = ()) -> None:
+        """Insert the new rows (once the customers they refer to are written), move the deals
+        and items of customers whose owner changed, then add up the totals."""
         new, self._new = self._new, []
         if new:
             self.session.add_all(new)
             await self.session.flush()
+        for customer in owner_changed:
+            await self._follow_owner(customer)
+        await self._write_totals()
 
-    async def follow_owner(self, customer: Customer) -> None:
-        """The customer's owner changed: its deals and open items follow."""
-        for model, extra in (
-            (Deal, {"owner_slack_user": customer.owner_slack_user}),
-            (OpenItem, {}),
-        ):
-            await self.session.execute(
-                update(model)
-                .where(model.customer_id == customer.id)
-                .values(owner_department=customer.owner_department, **extra)
-                .execution_options(synchronize_session=False)
-            )
+    async def _follow_owner(self, customer: Customer) -> None:
+        stmt = select(Deal).where(Deal.customer_id == customer.id)
+        for deal in (await self.session.execute(stmt)).scalars():
+            if (deal.owner_department, deal.owner_slack_user) == (
+                customer.owner_department,
+                customer.owner_slack_user,
+            ):
+                continue
+            self._count(deal, -1)
+            deal.owner_department = customer.owner_department
+            deal.owner_slack_user = customer.owner_slack_user
+            self._count(deal, 1)
+        await self.session.execute(
+            update(OpenItem)
+            .where(OpenItem.customer_id == customer.id)
+            .values(owner_department=customer.owner_department)
+            .execution_options(synchronize_session=False)
+        )
+        await self.session.flush()
+
+    async def _write_totals(self) -> None:
+        deltas, self._deltas = self._deltas, {}
+        rows = [
+            dict(zip(_TOTAL_KEYS, key, strict=True), count=c, amount=a)
+            for key, (c, a) in sorted(deltas.items())
+            if c or a
+        ]
+        if not rows:
+            return
+        insert = pg_insert if self.session.bind.dialect.name == "postgresql" else sqlite_insert
+        stmt = insert(DealTotal)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(_TOTAL_KEYS),
+            set_={
+                "count": DealTotal.count + stmt.excluded.count,
+                "amount": DealTotal.amount + stmt.excluded.amount,
+            },
+        )
+        for row in rows:  # one statement each, in key order (no deadlock between replicas)
+            await self.session.execute(stmt, row)
+
+
+_TOTAL_KEYS = ("owner_department", "owner_slack_user", "stage", "currency", "month")
+
+
+async def rebuild_totals(session: AsyncSession) -> int:
+    """Recompute `deal_totals` from the deals (after a bulk load, or to repair); the number of
+    total rows."""
+    sums: dict[TotalKey, list] = {}
+    stmt = select(
+        Deal.owner_department,
+        Deal.owner_slack_user,
+        Deal.stage,
+        Deal.currency,
+        Deal.closed_at,
+        Deal.amount,
+    )
+    for dept, owner, stage, currency, closed_at, amount in await session.execute(stmt):
+        month = f"{closed_at:%Y-%m}" if closed_at is not None else ""
+        total = sums.setdefault((dept or "", owner or "", stage, currency or "", month), [0, 0])
+        total[0] += 1
+        total[1] += amount or 0
+    await session.execute(DealTotal.__table__.delete())
+    rows = [
+        dict(zip(_TOTAL_KEYS, key, strict=True), count=c, amount=a)
+        for key, (c, a) in sorted(sums.items())
+    ]
+    if rows:
+        await session.execute(DealTotal.__table__.insert(), rows)
+    return len(rows)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -178,6 +270,14 @@ class Scope:
 
     department: str | None = None
     owner: str | None = None
+
+    def where_total(self) -> list:
+        out = []
+        if self.department:
+            out.append(DealTotal.owner_department == self.department)
+        if self.owner is not None:
+            out.append(DealTotal.owner_slack_user == self.owner)
+        return out
 
     def where(self, model) -> list:
         out = []
@@ -195,7 +295,7 @@ class Total:
 
     def add(self, count: int, currency: str | None, amount: Decimal | None) -> None:
         self.count += count
-        if amount is not None:
+        if amount is not None and count:
             cur = currency or ""
             self.amounts[cur] = self.amounts.get(cur, Decimal(0)) + Decimal(amount)
 
@@ -235,30 +335,30 @@ async def pipeline(
 ) -> Pipeline:
     """Totals by open stage, won and lost this month and last, the largest open deals. Without
     `with_values` no amount is read at all (counts only, no deals listed)."""
-    amount = func.sum(Deal.amount) if with_values else None
-    cols = [Deal.stage, Deal.currency, func.count()] + ([amount] if with_values else [])
+    amount = func.sum(DealTotal.amount)
+    n = func.sum(DealTotal.count)
     by_stage = {s: Total() for s in OPEN_STAGES}
     stmt = (
-        select(*cols)
-        .where(Deal.stage.in_(OPEN_STAGES), *scope.where(Deal))
-        .group_by(Deal.stage, Deal.currency)
+        select(DealTotal.stage, DealTotal.currency, n, amount)
+        .where(DealTotal.month == "", DealTotal.stage.in_(OPEN_STAGES), *scope.where_total())
+        .group_by(DealTotal.stage, DealTotal.currency)
     )
-    for row in await session.execute(stmt):
-        by_stage[row[0]].add(row[2], row[1], row[3] if with_values else None)
+    for stage, currency, count, worth in await session.execute(stmt):
+        by_stage[stage].add(int(count or 0), currency, worth if with_values else None)
 
-    this, last = month_start(now), month_start(now, 1)
-    month = case((Deal.closed_at >= this, "this"), else_="last")
+    this, last = f"{month_start(now):%Y-%m}", f"{month_start(now, 1):%Y-%m}"
     stmt = (
-        select(Deal.stage, month, Deal.currency, func.count(), *([amount] if with_values else []))
-        .where(Deal.closed_at >= last, Deal.closed_at < now + timedelta(days=1))
-        .where(Deal.stage.in_(CLOSED_STAGES), *scope.where(Deal))
-        .group_by(Deal.stage, month, Deal.currency)
+        select(DealTotal.stage, DealTotal.month, DealTotal.currency, n, amount)
+        .where(DealTotal.month.in_((this, last)), DealTotal.stage.in_(CLOSED_STAGES))
+        .where(*scope.where_total())
+        .group_by(DealTotal.stage, DealTotal.month, DealTotal.currency)
     )
     won = {"this": Total(), "last": Total()}
     lost = {"this": Total(), "last": Total()}
-    for row in await session.execute(stmt):
-        (won if row[0] == WON else lost)[row[1]].add(
-            row[3], row[2], row[4] if with_values else None
+    for stage, month, currency, count, worth in await session.execute(stmt):
+        which = "this" if month == this else "last"
+        (won if stage == WON else lost)[which].add(
+            int(count or 0), currency, worth if with_values else None
         )
 
     top: list[OpenDeal] = []

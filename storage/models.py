@@ -241,8 +241,25 @@ class Deal(Base):
         Index("ix_deals_stage_amount", "stage", "amount", "currency"),
         Index("ix_deals_department_stage", "owner_department", "stage", "amount", "currency"),
         Index("ix_deals_owner_stage", "owner_slack_user", "stage"),
-        Index("ix_deals_closed", "closed_at", "stage"),
+        Index("ix_deals_won", "stage", "closed_at", "amount", "currency"),
     )
+
+
+class DealTotal(Base):
+    """The pipeline's sums, kept up to date with every deal change (storage/deals.py): deals
+    and their amounts per owner, stage, currency and month closed ("" while open). `/crm
+    pipeline` reads these few rows instead of summing every deal. Empty strings stand for
+    "none" (key columns cannot be NULL)."""
+
+    __tablename__ = "deal_totals"
+
+    owner_department: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_slack_user: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(20), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # "YYYY-MM" closed, or ""
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    amount: Mapped[Decimal] = mapped_column(Money, default=0)
 
 
 class OpenItem(Base):
@@ -439,6 +456,7 @@ __all__ = [
     "Customer",
     "CustomerThread",
     "Deal",
+    "DealTotal",
     "DeliveryLease",
     "Department",
     "DepartmentMember",

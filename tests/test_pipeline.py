@@ -13,8 +13,8 @@ from sqlalchemy import func, select, text
 from bot.lib.config import ConfigError, parse_config
 from handlers import digests
 from handlers.sync.apply import syncer
-from storage.deals import month_start
-from storage.models import Base, Deal, DigestRun
+from storage.deals import month_start, rebuild_totals
+from storage.models import Base, Deal, DealTotal, DigestRun
 from tests.fixtures.bot import (
     ALICE,
     CAROL,
@@ -136,6 +136,25 @@ async def test_deal_events_out_of_order_and_twice_give_the_newest_totals_once(st
     service = await ask(bot, ALICE, SALES, "service")
     assert "*Proposal*: 1 deal · 900 EUR" in service and "Negotiation*: 0 deals" in service
     assert "Usage: `/crm pipeline [department|owner]`" in await ask(bot, ALICE, SALES, "a b")
+    # the customer moves to sales: its deals follow, and the kept totals are the recomputed ones
+    await apply(bot, event("customer.upserted", "C-2", owner_department="sales"))
+    sales = await ask(bot, ALICE, SALES, "sales")
+    assert "*Proposal*: 1 deal · 900 EUR" in sales and "*Negotiation*: 1 deal · 3,000 EUR" in sales
+    assert "*Proposal*: 0 deals" in await ask(bot, ALICE, SALES, "service")
+    kept = await totals(bot)
+    async with bot.deps.db.transaction() as session:
+        await rebuild_totals(session)
+    assert await totals(bot) == kept
+
+
+async def totals(bot) -> dict:
+    async with bot.deps.db.transaction() as session:
+        rows = (await session.execute(select(DealTotal))).scalars().all()
+    return {
+        (r.owner_department, r.owner_slack_user, r.stage, r.currency, r.month): (r.count, r.amount)
+        for r in rows
+        if r.count
+    }
 
 
 async def test_a_department_without_access_to_values_sees_counts_only(start):

@@ -276,9 +276,7 @@ class Sync:
                     except (InvalidEvent, UnknownCustomer) as exc:
                         results.append(exc)
             await customers.write_batch()
-            await batch.deals.write()
-            for customer in batch.owner_changed.values():
-                await batch.deals.follow_owner(customer)
+            await batch.deals.write(batch.owner_changed.values())
             await batch.writes.write(session)
             await shared_cards.mark_stale(session, batch.stale_cards)
         return results

@@ -1,4 +1,4 @@
-"""notes on the timeline (author, department, permalink), deals, open items, digest runs
+"""notes on the timeline (author, department, permalink), deals and their totals, open items, digest runs
 
 Revision ID: 0006
 Revises: 0004
@@ -50,7 +50,21 @@ def upgrade() -> None:
         "ix_deals_department_stage", "deals", ["owner_department", "stage", "amount", "currency"]
     )
     op.create_index("ix_deals_owner_stage", "deals", ["owner_slack_user", "stage"])
-    op.create_index("ix_deals_closed", "deals", ["closed_at", "stage"])
+    op.create_index("ix_deals_won", "deals", ["stage", "closed_at", "amount", "currency"])
+    op.create_table(
+        "deal_totals",
+        sa.Column("owner_department", sa.String(64), nullable=False),
+        sa.Column("owner_slack_user", sa.String(32), nullable=False),
+        sa.Column("stage", sa.String(20), nullable=False),
+        sa.Column("currency", sa.String(3), nullable=False),
+        sa.Column("month", sa.String(7), nullable=False),
+        sa.Column("count", sa.Integer(), nullable=False),
+        sa.Column("amount", MONEY, nullable=False),
+        sa.PrimaryKeyConstraint(
+            "owner_department", "owner_slack_user", "stage", "currency", "month",
+            name=op.f("pk_deal_totals"),
+        ),
+    )
     op.create_table(
         "open_items",
         sa.Column("kind", sa.String(16), nullable=False),
@@ -88,7 +102,8 @@ def downgrade() -> None:
     op.drop_index("ix_open_items_open", table_name="open_items")
     op.drop_index(op.f("ix_open_items_customer_id"), table_name="open_items")
     op.drop_table("open_items")
-    for name in ("ix_deals_closed", "ix_deals_owner_stage", "ix_deals_department_stage",
+    op.drop_table("deal_totals")
+    for name in ("ix_deals_won", "ix_deals_owner_stage", "ix_deals_department_stage",
                  "ix_deals_stage_amount"):
         op.drop_index(name, table_name="deals")
     op.drop_index(op.f("ix_deals_customer_id"), table_name="deals")
