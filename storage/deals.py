@@ -23,7 +23,7 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import func, literal, select, union_all, update
+from sqlalchemy import case, func, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
@@ -390,21 +390,24 @@ async def won_by_week(
     session: AsyncSession, scope: Scope, now: datetime, weeks: int = 8, *, with_values: bool = True
 ) -> list[tuple[datetime, dict[str, Decimal]]]:
     """Won value per week (weeks ending at `now`, oldest first), per currency; without
-    `with_values`, the number of deals won (under the currency key "")."""
+    `with_values`, the number of deals won (under the currency key ""). Summed by the
+    database in one query over the covering index (stage, closed_at, amount, currency)."""
     start = now - timedelta(weeks=weeks)
+    bounds = [start + timedelta(weeks=i + 1) for i in range(weeks)]
+    week = case(*((Deal.closed_at < b, i) for i, b in enumerate(bounds[:-1])), else_=weeks - 1)
+    value = func.sum(Deal.amount) if with_values else func.count()
+    stmt = (
+        select(week, Deal.currency if with_values else literal(""), value)
+        .where(Deal.stage == WON, Deal.closed_at >= start, Deal.closed_at <= now)
+        .where(*scope.where(Deal))
+        .group_by(week, Deal.currency if with_values else literal(""))
+    )
     buckets: list[tuple[datetime, dict[str, Decimal]]] = [
         (start + timedelta(weeks=i), {}) for i in range(weeks)
     ]
-    stmt = (
-        select(Deal.closed_at, Deal.currency, Deal.amount if with_values else literal(1))
-        .where(Deal.closed_at >= start, Deal.closed_at <= now, Deal.stage == WON)
-        .where(*scope.where(Deal))
-    )
-    for closed_at, currency, value in await session.execute(stmt):
-        i = min(weeks - 1, int((closed_at - start) / timedelta(weeks=1)))
-        sums = buckets[i][1]
-        cur = (currency or "") if with_values else ""
-        sums[cur] = sums.get(cur, Decimal(0)) + Decimal(value or 0)
+    for i, currency, total in await session.execute(stmt):
+        sums = buckets[int(i)][1]
+        sums[currency or ""] = sums.get(currency or "", Decimal(0)) + Decimal(total or 0)
     return buckets
 
 
