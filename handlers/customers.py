@@ -29,9 +29,10 @@ from bot.lib.interaction import (
     tell,
 )
 from bot.lib.slack_out import SlackError, fit_to_limits
+from handlers.changes import record_change
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from storage import audit, notes, shared_cards
+from storage import notes, shared_cards
 from storage.crypto import CryptoError
 from storage.customers import CustomerRecord, Customers
 from storage.departments import all_departments
@@ -233,15 +234,15 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
     async with deps.db.transaction() as session:
         customer = await session.get(Customer, record.id)
         shared_cards.remember(session, record.id, posted["channel"], posted["ts"], user_id)
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user_id,
             action="customer.card_shared",
             entity_type="customer",
             entity_id=record.id,
             customer=customer,
             data={"channel": posted["channel"], "ts": posted["ts"]},
-            vault=deps.vault,
         )
     log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
     return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")

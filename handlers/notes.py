@@ -44,13 +44,13 @@ from bot.lib.interaction import (
     parse_submission,
     tell,
 )
+from handlers.changes import Published, record_change
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
 from handlers.handoffs.flow import permalink
 from handlers.handoffs.listeners import message_text
 from handlers.handoffs.rules import customer_refs
 from handlers.sync.apply import syncer
-from storage import audit, outbox
 from storage import notes as store
 from storage import sync_ledger as ledger
 from storage.customers import Customers
@@ -140,17 +140,17 @@ async def add(deps: Deps, req: NewNote) -> str | None:
             now=now,
         )
         data = {"note_id": str(entry.id), "actor": req.user, "department": home.key}
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=req.user,
             action=EVENT,
             entity_type="note",
             entity_id=entry.id,
             customer=customer,
             data=data,
-            vault=deps.vault,
+            publish=Published(EVENT, customer.external_id, data),
         )
-        outbox.add(session, EVENT, customer.external_id, data)
         departments = await all_departments(session)
         owner = departments.get(customer.owner_department or "")
         if owner is not None and owner.channel_id:
@@ -167,7 +167,6 @@ async def add(deps: Deps, req: NewNote) -> str | None:
             await writes.write(session)
         who = label(repo.read(customer))
         customer_id = customer.id
-    deps.wake_outbox()
     if owner is not None:
         syncer(deps).delivery.start(customer_id)
     log.info("note %s added to customer %s by %s", entry.id, customer_id, req.user)
