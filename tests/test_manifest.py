@@ -133,7 +133,7 @@ def web_api_methods_called() -> set[str]:
                 continue
             text = path.read_text()
             called.update(re.findall(r"api_call\(\s*[\"']([a-z]+\.[a-zA-Z.]+)[\"']", text))
-            for name in set(re.findall(r"\.([a-z]+_[A-Za-z_]+)\b", text)):
+            for name in set(re.findall(r"\.([a-z]+_[A-Za-z0-9_]+)\b", text)):  # files_upload_v2
                 fn = getattr(AsyncWebClient, name, None)
                 if fn is None or not callable(fn):
                     continue
