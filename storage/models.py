@@ -206,6 +206,98 @@ class TimelineEntry(Base):
     summary_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     event_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A note added in Slack (kind "note"): who added it, from which department, and the Slack
+    # message it came from. Ids and a link, no text: the note itself is `summary_ct`.
+    author: Mapped[str | None] = mapped_column(String(32))
+    department: Mapped[str | None] = mapped_column(String(32))
+    permalink: Mapped[str | None] = mapped_column(String(500))
+
+
+class Deal(Base):
+    """A deal as its system of record last said (deal.stage_changed). Business data, not
+    personal data, so in the clear (amounts are what the pipeline sums); the free-text name is
+    sealed under the customer's key. The owner is copied from the customer so the pipeline per
+    department or owner reads one table."""
+
+    __tablename__ = "deals"
+
+    deal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    name_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    owner_department: Mapped[str | None] = mapped_column(String(64))
+    owner_slack_user: Mapped[str | None] = mapped_column(String(32))
+    # Last occurred_at applied per source, as for customers.
+    source_clock: Mapped[dict] = mapped_column(JSON, default=dict)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when won or lost
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        # Each covers what the pipeline reads: per stage the largest first, and the totals.
+        Index("ix_deals_stage_amount", "stage", "amount", "currency"),
+        Index("ix_deals_department_stage", "owner_department", "stage", "amount", "currency"),
+        Index("ix_deals_owner_stage", "owner_slack_user", "stage"),
+        Index("ix_deals_won", "stage", "closed_at", "amount", "currency"),
+    )
+
+
+class DealTotal(Base):
+    """The pipeline's sums, kept up to date with every deal change (storage/deals.py): deals
+    and their amounts per owner, stage, currency and month closed ("" while open). `/crm
+    pipeline` reads these few rows instead of summing every deal. Empty strings stand for
+    "none" (key columns cannot be NULL)."""
+
+    __tablename__ = "deal_totals"
+
+    owner_department: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_slack_user: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(20), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # "YYYY-MM" closed, or ""
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    amount: Mapped[Decimal] = mapped_column(Money, default=0)
+
+
+class OpenItem(Base):
+    """Overdue invoices and escalated tickets while they are open (the digests count them):
+    `invoice.overdue` opens one, `payment.received` closes it; `ticket.escalated` opens one,
+    `ticket.resolved` closes it. Ids, amounts and states only."""
+
+    __tablename__ = "open_items"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # invoice | escalation
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    is_open: Mapped[bool] = mapped_column(Boolean, default=True)
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    owner_department: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_open_items_open", "kind", "is_open"),)
+
+
+class DigestRun(Base):
+    """One row per digest and period: the replica that inserts it posts that period's digest
+    (the primary key refuses a second), once even across restarts. A claim not finished within
+    its lease (the process died) may be taken over; the post's key finds what went out."""
+
+    __tablename__ = "digest_runs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(36))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    channel_id: Mapped[str | None] = mapped_column(String(32))
+    ts: Mapped[str | None] = mapped_column(String(32))
+    file_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Handoff(Base):
@@ -363,11 +455,15 @@ __all__ = [
     "BlindIndex",
     "Customer",
     "CustomerThread",
+    "Deal",
+    "DealTotal",
     "DeliveryLease",
     "Department",
     "DepartmentMember",
+    "DigestRun",
     "Handoff",
     "IndexKey",
+    "OpenItem",
     "OutboxEvent",
     "ProcessedEvent",
     "SharedCard",

@@ -16,7 +16,18 @@ SCHEMA = ROOT / "tests" / "contracts" / "slack-manifest.schema.1.0.0.json"
 # sha256 of the file in ../shared/contracts when it was vendored (2026-11)
 SCHEMA_SHA256 = "f2adf9f9800230e2fe44bab0762796492871edaab817e9160fdcdf0eb4642e58"
 REQUEST_URL = "https://crm-bot.example.com/slack/events"
-SUBCOMMANDS = ["help", "find", "show", "handoff", "approval", "handoffs", "approvals", "dept"]
+SUBCOMMANDS = [
+    "help",
+    "find",
+    "show",
+    "handoff",
+    "approval",
+    "handoffs",
+    "approvals",
+    "dept",
+    "note",
+    "pipeline",
+]
 
 
 @pytest.fixture(scope="module")
@@ -48,9 +59,11 @@ def test_slash_command_and_shortcut(manifest):
     assert command["url"] == REQUEST_URL
     for sub in SUBCOMMANDS:
         assert sub in command["usage_hint"].replace("|", " ").split()
-    (shortcut,) = features["shortcuts"]
-    assert (shortcut["type"], shortcut["callback_id"]) == ("message", "handoff_from_message")
-    assert shortcut["name"] == "Hand off customer"
+    shortcuts = {(s["type"], s["callback_id"]): s["name"] for s in features["shortcuts"]}
+    assert shortcuts == {
+        ("message", "handoff_from_message"): "Hand off customer",
+        ("message", "add_to_customer_record"): "Add to customer record",
+    }
     assert features["app_home"]["home_tab_enabled"] is True
     assert features["app_home"]["messages_tab_enabled"] is True
 
@@ -88,6 +101,8 @@ METHOD_SCOPES: dict[str, set[str]] = {
     "views.open": set(),
     "views.update": set(),
     "views.publish": set(),
+    "files.getUploadURLExternal": {"files:write"},  # the digests' charts (files_upload_v2)
+    "files.completeUploadExternal": {"files:write"},
 }
 # Scopes that come with a manifest feature rather than a method.
 FEATURE_SCOPES = {
@@ -118,12 +133,18 @@ def web_api_methods_called() -> set[str]:
                 continue
             text = path.read_text()
             called.update(re.findall(r"api_call\(\s*[\"']([a-z]+\.[a-zA-Z.]+)[\"']", text))
-            for name in set(re.findall(r"\.([a-z]+_[A-Za-z_]+)\b", text)):
+            for name in set(re.findall(r"\.([a-z]+_[A-Za-z0-9_]+)\b", text)):  # files_upload_v2
                 fn = getattr(AsyncWebClient, name, None)
                 if fn is None or not callable(fn):
                     continue
                 source = inspect.getsource(fn)
                 called.update(re.findall(r"api_call\(\s*\"([^\"]+)\"", source))
+                # one level down: files_upload_v2 calls files_getUploadURLExternal, ...
+                for inner in set(re.findall(r"self\.([a-z]+_[A-Za-z_]+)\(", source)):
+                    fn = getattr(AsyncWebClient, inner, None)
+                    if fn is not None and callable(fn):
+                        inner_source = inspect.getsource(fn)
+                        called.update(re.findall(r"api_call\(\s*\"([^\"]+)\"", inner_source))
     return called
 
 

@@ -139,12 +139,84 @@ class SyncRules(_Strict):
     max_attempts: int = Field(default=5, ge=1, le=50)
 
 
+class PipelineRules(_Strict):
+    # Departments whose members see deal values, names and invoice totals (in `/crm pipeline`
+    # and their digests); None: every department. The access model will take this over.
+    values: tuple[str, ...] | None = None
+
+
+DIGEST_CONTENT = (
+    "pipeline",
+    "won_lost",
+    "overdue_invoices",
+    "escalations",
+    "handoffs_waiting",
+    "approvals_decided",
+)
+SCHEDULE = re.compile(
+    r"^(?:(?P<days>(?:mon|tue|wed|thu|fri|sat|sun)(?:,(?:mon|tue|wed|thu|fri|sat|sun))*)|daily)"
+    r" (?P<hh>[01]\d|2[0-3]):(?P<mm>[0-5]\d)$"
+)
+
+
+class Digest(_Strict):
+    """A scheduled summary: for a department (posted in its channel, built from what it may
+    see) or for a channel (no values: nobody's access applies to a channel)."""
+
+    name: str | None = None  # stable key of the digest (its periods are remembered by it)
+    department: str | None = None
+    channel: str | None = None
+    schedule: str  # "mon 08:00", "mon,thu 08:00", "daily 18:00"
+    timezone: str = "UTC"
+    content: tuple[str, ...] = DIGEST_CONTENT
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        v = " ".join(v.lower().split())
+        if not SCHEDULE.match(v):
+            raise ValueError(f"{v!r} is not a schedule like 'mon 08:00' or 'daily 18:00'")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone (like Europe/Berlin)") from None
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            if item not in DIGEST_CONTENT:
+                raise ValueError(f"{item!r} is not one of {', '.join(DIGEST_CONTENT)}")
+        return v
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str | None) -> str | None:
+        if v is not None and not SLACK_CHANNEL.match(v):
+            raise ValueError(f"{v!r} is not a Slack channel id (like C0SALES01)")
+        return v
+
+    @property
+    def key(self) -> str:
+        return (self.name or f"{self.department or self.channel}:{self.schedule}")[:64]
+
+
 class CrmConfig(_Strict):
     departments: dict[str, Department] = Field(default_factory=dict)
     handoffs: HandoffRules = HandoffRules()
     approvals: ApprovalRules = ApprovalRules()
     alerts: tuple[AlertRule, ...] = ()
     sync: SyncRules = SyncRules()
+    pipeline: PipelineRules = PipelineRules()
+    digests: tuple[Digest, ...] = ()
 
     def department(self, key: str) -> Department | None:
         return self.departments.get(key)
@@ -214,6 +286,22 @@ def _check_references(config: CrmConfig, text: str, source: str) -> None:
                 raise ConfigError(
                     f"{source}, line {line}: alerts[{i}].notify: unknown department {name!r}"
                 )
+    for name in config.pipeline.values or ():
+        if name not in config.departments:
+            raise ConfigError(f"{source}: pipeline.values: unknown department {name!r}")
+    keys = set()
+    for i, digest in enumerate(config.digests):
+        line = _line_of(text, ["digests", str(i)])
+        where = f"{source}, line {line}" if line else source
+        if (digest.department is None) == (digest.channel is None):
+            raise ConfigError(f"{where}: digests[{i}]: give a department or a channel (one)")
+        if digest.department and digest.department not in config.departments:
+            raise ConfigError(
+                f"{where}: digests[{i}].department: unknown department {digest.department!r}"
+            )
+        if digest.key in keys:
+            raise ConfigError(f"{where}: digests[{i}]: two digests named {digest.key!r}")
+        keys.add(digest.key)
     for kind, name in config.approvals.department.items():
         if kind not in APPROVAL_KINDS:
             raise ConfigError(f"{source}: approvals.department: unknown kind {kind!r}")

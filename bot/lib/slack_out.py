@@ -448,6 +448,31 @@ class SlackOut:
         data = await self._call("views.update", lambda: self.client.views_update(**args))
         return dict(data.get("view") or {})
 
+    async def upload(
+        self,
+        channel: str,
+        content: bytes,
+        *,
+        filename: str,
+        title: str,
+        thread_ts: str | None = None,
+    ) -> str:
+        """Share a file in a channel (or thread) with Slack's upload flow
+        (files.getUploadURLExternal, the upload, files.completeUploadExternal: slack_sdk's
+        `files_upload_v2`); returns the file id."""
+        data = await self._call(
+            "files.completeUploadExternal",
+            lambda: self.client.files_upload_v2(
+                content=content,
+                filename=filename,
+                title=title,
+                channel=channel,
+                thread_ts=thread_ts,
+            ),
+        )
+        files = data.get("files") or [{}]
+        return str(files[0].get("id") or "")
+
     async def publish_home(self, user: str, view: dict[str, Any]) -> dict[str, Any]:
         fitted = self._fit_view(view)
         data = await self._call(

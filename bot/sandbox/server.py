@@ -18,7 +18,7 @@ from typing import Any
 import yaml
 from aiohttp import web
 
-from bot.sandbox import views, webapi
+from bot.sandbox import files, views, webapi
 from bot.sandbox.faults import Fault, Faults, RateLimit
 from bot.sandbox.socket_mode import SocketModeLink
 from bot.sandbox.store import Call, Ephemeral, Store
@@ -106,9 +106,10 @@ class Sandbox:
         )
         self.faults = Faults()
         self.url = ""
-        methods = {**webapi.METHODS, **views.METHODS}
+        methods = {**webapi.METHODS, **views.METHODS, **files.METHODS}
         self.webapi = WebApi(self.store, lambda: self.url, methods)
         self.app = web.Application()
+        files.add_routes(self.app, self.webapi)
         self.app.router.add_route("*", "/api/{method}", self._api)
         self.app.router.add_post("/response/{token}", self._response_url)
         self.app.router.add_get("/link/", self.socket_mode.serve)

@@ -233,11 +233,14 @@ class EventStream:
 
 
 def bad_events(stream: EventStream, customer: str) -> list[dict]:
-    """Events that can never apply: each must end in the dead-letter queue, not vanish."""
+    """Events that can never apply: each must end in the dead-letter queue, not vanish. (An
+    unknown customer's event now applies, alerted by external id; one about an erased customer
+    cannot: the erasure leaves a tombstone first.)"""
+    erased = stream.event("customer.deleted", "FC-nobody-00000")
     unknown = stream.event("ticket.escalated", "FC-nobody-00000")
     no_type_fields = stream.event("invoice.overdue", customer)
     no_type_fields["data"] = {"published_at": time.time()}  # fails the schema
-    return [unknown, no_type_fields]
+    return [erased, unknown, no_type_fields]
 
 
 def tokens_in(message: dict) -> set[str]:
