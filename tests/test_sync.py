@@ -27,8 +27,8 @@ from storage import outbox, shared_cards
 from storage.customers import Customers
 from storage.models import (
     AlertDelivery,
+    ChannelLease,
     Customer,
-    DeliveryLease,
     ProcessedEvent,
     TimelineEntry,
 )
@@ -530,7 +530,7 @@ async def test_posts_a_crashed_process_left_unrecorded_are_found_by_the_next_one
     sandbox.clear_faults()
     async with bot.deps.db.transaction() as session:
         assert await count(bot, AlertDelivery, AlertDelivery.status == "pending") == 12
-        await session.execute(update(DeliveryLease).values(until=datetime(2000, 1, 1, tzinfo=UTC)))
+        await session.execute(update(ChannelLease).values(until=datetime(2000, 1, 1, tzinfo=UTC)))
 
     after = await sync_bot(config)
     await eventually(lambda: _none_pending(after), within=20)
