@@ -18,6 +18,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
     AlertDelivery,
+    ChannelRollup,
     Customer,
     CustomerThread,
     ProcessedEvent,
@@ -165,6 +166,16 @@ async def pending_in(session: AsyncSession, channel: str, limit: int = 1000) -> 
 async def channels_with_pending(session: AsyncSession) -> list[str]:
     stmt = select(AlertDelivery.channel_id).where(AlertDelivery.status == PENDING).distinct()
     return list((await session.execute(stmt)).scalars())
+
+
+async def channels_behind(session: AsyncSession) -> list[str]:
+    """Channels with a message to bring up to date: a thread's top-level message showing fewer
+    alerts than its thread holds, or a roll-up listing fewer than it holds."""
+    tops = select(CustomerThread.channel_id).where(
+        CustomerThread.updates > CustomerThread.shown_updates
+    )
+    rollups = select(ChannelRollup.channel_id).where(ChannelRollup.listed < ChannelRollup.items)
+    return list((await session.execute(tops.union(rollups))).scalars())
 
 
 async def posted_with(session: AsyncSession, channel: str, ts: str) -> list:

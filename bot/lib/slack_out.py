@@ -13,6 +13,7 @@ between retrying later and giving up.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -87,7 +88,7 @@ POST_KEY_EVENT = "crm_bot_post"
 # lease of a channel (handlers/sync/delivery.py) outlasts it, so a post under way always ends
 # before another replica may take the channel over.
 POST_TIMEOUT = 10
-RATE_RETRIES = 5  # a post Slack answers 429 is tried again this often, after the Retry-After
+
 CLOCK_SKEW = 60.0  # seconds: how far Slack's clock may be behind ours when we look for a post
 
 
@@ -347,7 +348,7 @@ class SlackOut:
         lock = self._order.get(channel)
         if lock is None:
             lock = self._order[channel] = asyncio.Lock()
-        async with lock:
+        async with lock if self.per_channel_interval > 0 else contextlib.nullcontext():
             attempt = 0
             while True:
                 await self._wait_turn(channel)
@@ -355,7 +356,7 @@ class SlackOut:
                     data = await self._post_once(args, key, guard)
                     break
                 except SlackError as exc:
-                    if exc.kind != "ratelimited" or attempt >= RATE_RETRIES:
+                    if exc.kind != "ratelimited" or attempt >= self._rate_retries():
                         raise
                     await self.budget.hold(channel, time.time() + exc.retry_after)
                 attempt += 1
@@ -408,6 +409,13 @@ class SlackOut:
             )
             self._once = (c, once)
         return self._once[1]
+
+    def _rate_retries(self) -> int:
+        """How often a post Slack answered 429 is tried again: the client's count for 429s."""
+        for handler in self.client.retry_handlers:
+            if isinstance(handler, AsyncRateLimitErrorRetryHandler):
+                return handler.max_retry_count
+        return 0
 
     def _resend_schedule(self) -> tuple[int, RetryIntervalCalculator]:
         """How often, and after what waits, the client retries a 5xx: keyed posts follow it."""

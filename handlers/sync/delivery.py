@@ -98,6 +98,7 @@ class Delivery:
         """Claim the channels with pending alerts and start a round in each one held here."""
         async with self.deps.db.transaction() as session:
             waiting = await ledger.channels_with_pending(session)
+            waiting += await ledger.channels_behind(session)
             held = [c for c, t in self._rounds.items() if not t.done()]
             now = self.deps.clock()
             mine = await channels.claim(
@@ -106,7 +107,8 @@ class Delivery:
         for channel in set(waiting) - set(mine):
             metrics.alert_backlog.labels(channel).set(0)  # another replica reports it
         for channel in mine:
-            if channel in waiting and channel not in held:
+            running = self._rounds.get(channel)  # looked at again: the job sweeps too
+            if channel in waiting and (running is None or running.done()):
                 task = asyncio.get_running_loop().create_task(self._run(channel))
                 self._rounds[channel] = task
 
@@ -132,16 +134,22 @@ class Delivery:
         rollup = await rollups.current(r)
         delivered = False
         if waiting:
+            over = self.deps.config.sync.storm_over()
             storm = rollups.is_open(r, rollup) or (
-                rollups.messages_due(r, waiting) > self.deps.config.sync.storm_over()
+                over is not None and rollups.messages_due(r, waiting) > over
             )
             if storm:
                 await rollups.roll_up(r, waiting, rollup)
                 delivered = True
             else:
                 due = [w for w in waiting if alerts.is_due(w.last_post, r.now, r.window)]
-                for w in due:
-                    await self._post(r, w)
+                # Customers at once (the budget paces the channel, SlackOut keeps the order);
+                # each customer's alerts in order. Every post ends before the round does.
+                results = await asyncio.gather(
+                    *(self._post(r, w) for w in due), return_exceptions=True
+                )
+                if errors := [e for e in results if isinstance(e, BaseException)]:
+                    raise errors[0]
                 delivered = bool(due)
         await rollups.refresh(r)
         await cards.refresh_tops(r)

@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from bot.lib import metrics
 from bot.lib.blocks.alerts import alert_message, first_alert
+from bot.lib.slack_out import POST_TIMEOUT
 from handlers.sync import alerts
 from storage import channels
 from storage import sync_ledger as ledger
@@ -46,6 +47,9 @@ log = logging.getLogger(__name__)
 # (bot.lib.slack_out.POST_TIMEOUT), so a post under way ends before another replica may take
 # the channel over; short enough that a replica that died is replaced within seconds.
 LEASE = timedelta(seconds=20)
+# A renewal younger than this covers the next attempt too: begun within it, the attempt ends
+# (POST_TIMEOUT) with 5 s to spare before the lease could run out.
+FRESH = LEASE - timedelta(seconds=POST_TIMEOUT + 5)
 
 
 class LostChannel(Exception):
@@ -75,21 +79,26 @@ class ChannelRound:
         self.owner = owner
         self.id = uuid.uuid4().hex
         self.now = deps.clock()
+        self._renewed: datetime | None = None
 
     @property
     def window(self) -> float:
         return self.deps.config.sync.coalesce_seconds
 
     async def guard(self) -> None:
-        """Renew the lease right before a post; raise LostChannel when another holds it."""
+        """Right before an attempt to post: renew the lease (unless this round renewed it
+        within FRESH); raise LostChannel when another process holds it."""
+        now = self.deps.clock()
+        if self._renewed is not None and now - self._renewed < FRESH:
+            return
         async with self.deps.db.transaction() as session:
-            until = self.deps.clock() + LEASE
-            if not await channels.renew(session, self.channel, self.owner, until):
+            if not await channels.renew(session, self.channel, self.owner, now + LEASE):
                 raise LostChannel(self.channel)
+        self._renewed = now
 
     async def load(self) -> list[Waiting]:
         """The channel's pending alerts per customer (oldest customer first). An erased (or
-        vanished) customer's alerts are dropped; rows no round tried yet become this round's."""
+        vanished) customer's alerts are dropped."""
         async with self.deps.db.transaction() as session:
             rows = await ledger.pending_in(session, self.channel)
             metrics.alert_backlog.labels(self.channel).set(len(rows))
@@ -110,7 +119,7 @@ class ChannelRound:
                 ).scalars()
             }
             waiting: dict[uuid.UUID, Waiting] = {}
-            dropped, fresh = [], []
+            dropped = []
             for row in rows:
                 key = (row.event_id, row.channel_id)
                 customer = customers.get(row.customer_id)
@@ -122,16 +131,17 @@ class ChannelRound:
                     waiting[customer.id] = Waiting(about, threads.get(customer.id))
                 line = ledger.open_line(self.deps.vault, customer, row) or row.event_id
                 tried = alerts.Tried(row.tried_in, row.tried_at) if row.tried_in else None
-                if tried is None:
-                    fresh.append(key)
                 waiting[customer.id].items.append(
                     alerts.Pending(key, line, row.placement, row.broadcast, tried)
                 )
             await ledger.settle_many(session, dropped)
-            await ledger.mark_tried(session, fresh, self.id, utcnow())
-        for w in waiting.values():  # this round's now, as committed
-            w.items = [p if p.tried else _tried(p, self.id, self.now) for p in w.items]
         return list(waiting.values())
+
+    async def mark(self, keys: list[ledger.DeliveryKey]) -> None:
+        """Note on these rows that this round sets out to post them (committed before the
+        post): a row left pending with a round's id may be in Slack already."""
+        async with self.deps.db.transaction() as session:
+            await ledger.mark_tried(session, keys, self.id, utcnow())
 
     async def record(
         self,
@@ -169,6 +179,7 @@ class ChannelRound:
         for batch in alerts.batches(w.items, coalesce=coalesce):
             key = batch_key(self.id, w.about.id, batch, coalesce)
             lines = [p.line for p in batch.items]
+            await self.mark(batch.keys)
             settled_thread = None
             replies = None
             if batch.placement == alerts.TOP_LEVEL:
@@ -214,10 +225,6 @@ class About:
     @cached_property
     def record(self) -> CustomerRecord:
         return read_record(self._vault, self._customer)
-
-
-def _tried(p: alerts.Pending, round_id: str, at: datetime) -> alerts.Pending:
-    return alerts.Pending(p.key, p.line, p.placement, p.broadcast, alerts.Tried(round_id, at))
 
 
 def batch_key(round_id: str, customer_id: uuid.UUID, batch: alerts.Batch, coalesced: bool) -> str:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import logging
 
 from bot.lib import metrics
+from bot.lib.slack_out import SlackError
 from handlers.sync import alerts
 from handlers.sync.posting import ChannelRound, Waiting
 from storage import sync_ledger as ledger
@@ -30,52 +31,29 @@ def _earlier(r: ChannelRound, p: alerts.Pending) -> bool:
 
 async def adopt(r: ChannelRound, waiting: list[Waiting]) -> None:
     """Record what Slack has of the alerts earlier rounds tried in this channel; the rest
-    become this round's (`waiting` is left with only what is still to post)."""
+    become this round's (`waiting` is left with only what is still to post). A customer whose
+    posts cannot be looked up now (Slack fails) waits, with all its alerts, for a later round;
+    the other customers go on."""
     tried = [(w, p) for w in waiting for p in w.items if _earlier(r, p)]
     if not tried:
         return
     slack = r.deps.slack
     since = min(p.tried.at for _, p in tried if p.tried).timestamp()
-    in_channel = await slack.keyed_posts(r.channel, since)
+    try:
+        in_channel: dict[str, str] | None = await slack.keyed_posts(r.channel, since)
+    except SlackError as exc:
+        log.info("looking for earlier posts in %s failed (%s); they wait", r.channel, exc.kind)
+        in_channel = None
     found_total = 0
     for w in waiting:
         mine = [p for p in w.items if _earlier(r, p)]
         if not mine:
             continue
-        if w.thread is None:
-            # A first alert (or an old header) may have gone out: it becomes the thread.
-            opened = _first_found(in_channel, w, mine)
-            if opened is not None:
-                ts, event_id = opened
-                await r.record([], thread=(w.about.id, ts, event_id))
-                w.thread = CustomerThread(
-                    customer_id=w.about.id,
-                    channel_id=r.channel,
-                    thread_ts=ts,
-                    created_at=r.deps.clock(),
-                )
-        in_thread: dict[str, str] = {}
-        if w.thread is not None and any(p.placement == alerts.THREAD for p in mine):
-            in_thread = await slack.keyed_posts(r.channel, since, w.thread.thread_ts)
-        found: dict[ledger.DeliveryKey, str] = {}
-        replies = 0
-        rollups: dict[str, int] = {}
-        for p in mine:
-            if ts := _in(in_thread, r, w, p):
-                found[p.key] = ts
-                replies += 1
-            elif ts := _in(in_channel, r, w, p):
-                found[p.key] = ts
-            elif ts := in_channel.get(rollup_key(p.tried.round_id)):  # type: ignore[union-attr]
-                found[p.key] = ts
-                rollups[ts] = rollups.get(ts, 0) + 1
-        if found:
-            settled = [(k, ledger.POSTED, ts, None) for k, ts in found.items()]
-            await r.record(settled, replies=(w.about.id, replies) if replies else None)
-            for ts, n in rollups.items():
-                await r.record([], rollup=(ts, n, True))
-            found_total += len(found)
-        w.items = [p for p in w.items if p.key not in found]
+        try:
+            found_total += await _adopt_customer(r, w, mine, in_channel, since)
+        except SlackError as exc:
+            log.info("looking for earlier posts in %s failed (%s); they wait", r.channel, exc.kind)
+            w.items = []
     if found_total:
         metrics.alerts_posted_total.inc(found_total)
         log.info(
@@ -87,6 +65,53 @@ async def adopt(r: ChannelRound, waiting: list[Waiting]) -> None:
     if again:
         async with r.deps.db.transaction() as session:
             await ledger.mark_tried(session, again, r.id, utcnow())
+
+
+async def _adopt_customer(
+    r: ChannelRound,
+    w: Waiting,
+    mine: list[alerts.Pending],
+    in_channel: dict[str, str] | None,
+    since: float,
+) -> int:
+    """What Slack has of one customer's tried alerts, recorded; returns how many."""
+    if in_channel is None:  # the channel's lookup failed: wait with the rest
+        raise SlackError("server_error", "conversations.history")
+    slack = r.deps.slack
+    if w.thread is None:
+        # A first alert (or an old header) may have gone out: it becomes the thread.
+        opened = _first_found(in_channel, w, mine)
+        if opened is not None:
+            ts, event_id = opened
+            await r.record([], thread=(w.about.id, ts, event_id))
+            w.thread = CustomerThread(
+                customer_id=w.about.id,
+                channel_id=r.channel,
+                thread_ts=ts,
+                created_at=r.deps.clock(),
+            )
+    in_thread: dict[str, str] = {}
+    if w.thread is not None and any(p.placement == alerts.THREAD for p in mine):
+        in_thread = await slack.keyed_posts(r.channel, since, w.thread.thread_ts)
+    found: dict[ledger.DeliveryKey, str] = {}
+    replies = 0
+    rollups: dict[str, int] = {}
+    for p in mine:
+        if ts := _in(in_thread, r, w, p):
+            found[p.key] = ts
+            replies += 1
+        elif ts := _in(in_channel, r, w, p):
+            found[p.key] = ts
+        elif ts := in_channel.get(rollup_key(p.tried.round_id)):  # type: ignore[union-attr]
+            found[p.key] = ts
+            rollups[ts] = rollups.get(ts, 0) + 1
+    if found:
+        settled = [(k, ledger.POSTED, ts, None) for k, ts in found.items()]
+        await r.record(settled, replies=(w.about.id, replies) if replies else None)
+        for ts, n in rollups.items():
+            await r.record([], rollup=(ts, n, True))
+    w.items = [p for p in w.items if p.key not in found]
+    return len(found)
 
 
 def rollup_key(round_id: str) -> str:

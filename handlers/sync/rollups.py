@@ -76,6 +76,7 @@ async def roll_up(r: ChannelRound, waiting: list[Waiting], rollup: ChannelRollup
     links = {w.about.id: await _permalink(r, w.thread.thread_ts) for w in waiting if w.thread}
     rendered = [_item(w, p, links.get(w.about.id)) for w in waiting for p in w.items]
     text, blocks = rollup_message(rendered, r.now)
+    await r.mark(keys)
     posted = await r.deps.slack.post(r.channel, text, blocks, key=rollup_key(r.id), guard=r.guard)
     settled = [(k, ledger.POSTED, posted["ts"], None) for k in keys]
     await r.record(settled, rollup=(posted["ts"], len(items), True))
