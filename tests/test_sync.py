@@ -641,7 +641,7 @@ async def test_a_burst_is_coalesced_and_its_top_level_message_updated_a_few_time
         what = block_texts(top["blocks"])
         assert "Busy" in what and "(enterprise)" in what and "Ticket [T-0] escalated" in what
         assert all(m.get("thread_ts") == top["ts"] for m in later)
-        gaps = [float(b["ts"]) - float(a["ts"]) for a, b in zip([top, *later], later)]
+        gaps = [float(b["ts"]) - float(a["ts"]) for a, b in zip([top, *later], later, strict=False)]
         assert 1 <= len(later) <= 12 and min(gaps) >= 0.9, gaps  # one bunch per window
         body = "\n".join(replies(bot, channel))
         assert all(body.count(f"Ticket [T-{n}] escalated") == 1 for n in range(60))

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING
@@ -51,7 +52,9 @@ log = logging.getLogger(__name__)
 class Delivery:
     def __init__(self, deps: Deps) -> None:
         self.deps = deps
-        self.owner = str(uuid.uuid4())  # this process, in the channel leases
+        # This process, in the channel leases (its pid first: operators and tests can tell
+        # which process holds a channel).
+        self.owner = f"{os.getpid()}-{uuid.uuid4().hex}"[:36]
         self._rounds: dict[str, asyncio.Task[None]] = {}  # channel -> its round running
         self._sweep: asyncio.Task[None] | None = None
         self._again = False  # a sweep was asked for while one ran
