@@ -96,4 +96,3 @@ async def test_a_storm_with_three_replicas_is_rolled_up_once_each_without_429s(s
 @pytest.mark.slow
 async def test_a_storm_survives_the_replica_holding_a_channel_being_killed(stack, stream):
     await run_storm(stack, stream, kill=True)
-
