@@ -73,6 +73,10 @@ async def roll_up(r: ChannelRound, waiting: list[Waiting], rollup: ChannelRollup
         metrics.alerts_rolled_up_total.inc(len(items))
         await refresh(r)
         return
+    if rollup is not None and rollup.listed < rollup.items:
+        # The roll-up closing holds alerts it does not show yet (its holder stopped between
+        # the record and the update): shown first, as the channel's open roll-up is replaced.
+        await refresh(r, force=True)
     links = {w.about.id: await _permalink(r, w.thread.thread_ts) for w in waiting if w.thread}
     rendered = [_item(w, p, links.get(w.about.id)) for w in waiting for p in w.items]
     text, blocks = rollup_message(rendered, r.now)
@@ -85,7 +89,7 @@ async def roll_up(r: ChannelRound, waiting: list[Waiting], rollup: ChannelRollup
     log.info("storm in %s: %d alerts in one roll-up", r.channel, len(items))
 
 
-async def refresh(r: ChannelRound) -> None:
+async def refresh(r: ChannelRound, force: bool = False) -> None:
     """Update the channel's roll-up in place when it lists fewer alerts than it holds (and
     was not updated in the last second): rendered from the ledger, so an update lost to a
     failure or a crash is simply made again."""
@@ -93,7 +97,8 @@ async def refresh(r: ChannelRound) -> None:
         rollup = await channels.open_rollup(session, r.channel)
         if rollup is None or rollup.listed >= rollup.items:
             return
-        if rollup.shown_at is not None and r.deps.clock() - rollup.shown_at < UPDATE_EVERY:
+        recent = rollup.shown_at is not None and r.deps.clock() - rollup.shown_at < UPDATE_EVERY
+        if recent and not force:
             return
         rows = await ledger.posted_with(session, r.channel, rollup.ts)
         ids = {row.customer_id for row in rows}
