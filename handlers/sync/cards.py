@@ -7,8 +7,8 @@ customer's alert thread.
 - Thread tops: the first alert about a customer in a channel is the thread's top-level
   message; as alerts are added in the thread, it is updated to show how many there are, the
   latest one and when it came, at most once per coalescing window (chat.update has a rate
-  limit of its own), by the round that holds the channel, and rendered from the database, so
-  an update that failed is simply made again later.
+  limit of its own; at most once a second without a window), by the round that holds the
+  channel, and rendered from the database, so an update that failed is made again later.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ async def refresh_tops(r: ChannelRound) -> None:
     """Bring the channel's thread tops that are behind up to date (those not updated within
     the coalescing window); one that Slack refuses for good is marked shown and left."""
     deps = r.deps
-    before = deps.clock() - timedelta(seconds=r.window)
+    before = deps.clock() - timedelta(seconds=max(r.window, 1.0))
     async with deps.db.transaction() as session:
         behind = await ledger.tops_behind(session, r.channel, before)
         work = []

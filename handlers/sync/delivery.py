@@ -139,7 +139,8 @@ class Delivery:
         if waiting:
             over = self.deps.config.sync.storm_over()
             storm = rollups.is_open(r, rollup) or (
-                over is not None and rollups.messages_due(r, waiting) > over
+                over is not None
+                and (rollups.messages_due(r, waiting) > over or rollups.too_late(r, waiting))
             )
             if storm:
                 await rollups.roll_up(r, waiting, rollup)

@@ -132,7 +132,7 @@ class ChannelRound:
                 line = ledger.open_line(self.deps.vault, customer, row) or row.event_id
                 tried = alerts.Tried(row.tried_in, row.tried_at) if row.tried_in else None
                 waiting[customer.id].items.append(
-                    alerts.Pending(key, line, row.placement, row.broadcast, tried)
+                    alerts.Pending(key, line, row.placement, row.broadcast, tried, row.created_at)
                 )
             await ledger.settle_many(session, dropped)
         return list(waiting.values())
@@ -201,9 +201,9 @@ class ChannelRound:
                     guard=self.guard,
                 )
                 replies = (w.about.id, len(batch.items))
-            metrics.alerts_posted_total.inc(len(batch.items))
             settled = [(k, ledger.POSTED, posted["ts"], None) for k in batch.keys]
             await self.record(settled, thread=settled_thread, replies=replies)
+            metrics.alerts_posted_total.inc(len(batch.items))
             if settled_thread is not None:
                 w.thread = CustomerThread(
                     customer_id=w.about.id,

@@ -3,10 +3,11 @@ coalescing window, its alerts go into one top-level roll-up message instead.
 
 - A storm starts in a channel when a round finds more messages due there than
   `[sync] storm_threshold` (by default what one message per second posts in the coalescing
-  window). The round posts ONE roll-up (`N alerts in the last M s`, one line per alert:
-  customer, what happened, a link to the customer's thread when there is one) and records every
-  alert in it as posted, with the roll-up's ts: each counts as delivered, once, and none is
-  posted again in the customer's thread.
+  window), or so many that, posted one a second, the oldest would wait longer than the window
+  (`too_late`; when roll-ups are on). The round posts ONE roll-up (`N alerts since
+  HH:MM:SS UTC`, one line per alert: customer, what happened, a link to the customer's thread
+  when there is one) and records every alert in it as posted, with the roll-up's ts: each
+  counts as delivered, once, and none is posted again in the customer's thread.
 - While the roll-up is younger than the window, every new alert of the channel is added to it
   (recorded first, then the message is updated in place, at most once a second; a failed
   update is made again by the next round or the flush job). After the window, a round that
@@ -44,6 +45,18 @@ def messages_due(r: ChannelRound, waiting: list[Waiting]) -> int:
         for w in waiting
         if alerts.is_due(w.last_post, r.now, r.window)
     )
+
+
+def too_late(r: ChannelRound, waiting: list[Waiting], interval: float = 1.0) -> bool:
+    """Whether posting what is due one by one (one message per `interval` s) would leave
+    the oldest due alert waiting longer than the coalescing window: the budget cannot post it
+    within the window."""
+    due = [w for w in waiting if alerts.is_due(w.last_post, r.now, r.window)]
+    created = [p.created for w in due for p in w.items if p.created is not None]
+    if not created or r.window <= 0:
+        return False
+    waited = (r.now - min(created)).total_seconds()
+    return waited + messages_due(r, waiting) * interval > r.window
 
 
 def is_open(r: ChannelRound, rollup: ChannelRollup | None) -> bool:
