@@ -96,6 +96,8 @@ class Delivery:
                 log.info("alert sweep failed (%s); the job tries again", type(exc).__name__)
             if not self._again:
                 return
+            # Events arriving one after another ask for a sweep each: at most five a second.
+            await asyncio.sleep(0.2)
 
     async def sweep(self) -> None:
         """Claim the channels with pending alerts and start a round in each one held here."""

@@ -48,15 +48,20 @@ def messages_due(r: ChannelRound, waiting: list[Waiting]) -> int:
 
 
 def too_late(r: ChannelRound, waiting: list[Waiting], interval: float = 1.0) -> bool:
-    """Whether posting what is due one by one (one message per `interval` s) would leave
-    the oldest due alert waiting longer than the coalescing window: the budget cannot post it
-    within the window."""
+    """Whether posting what is due one by one (one message per `interval` s) would leave an
+    alert waiting longer than the coalescing window since it became due: the budget cannot
+    post it within the window. One message due is never a storm."""
     due = [w for w in waiting if alerts.is_due(w.last_post, r.now, r.window)]
-    created = [p.created for w in due for p in w.items if p.created is not None]
-    if not created or r.window <= 0:
+    n = messages_due(r, waiting)
+    if n <= 1 or r.window <= 0:
         return False
-    waited = (r.now - min(created)).total_seconds()
-    return waited + messages_due(r, waiting) * interval > r.window
+    late = 0.0
+    for w in due:
+        created = [p.created for p in w.items if p.created is not None]
+        if created:
+            since = max(min(created), alerts.due_at(w.last_post, r.window) or min(created))
+            late = max(late, (r.now - since).total_seconds())
+    return late + n * interval > r.window
 
 
 def is_open(r: ChannelRound, rollup: ChannelRollup | None) -> bool:
