@@ -20,6 +20,7 @@ from bot.http_guard import GuardedSite, close_after_response, raise_fd_limit
 from bot.lib.config import ConfigError, CrmConfig, Settings
 from bot.lib.interaction import DrainableLazyRunner
 from bot.lib.metrics import broker_connected
+from bot.lib.pacing import SharedBudget
 from bot.lib.slack_out import SlackOut, make_client
 from bot.runtime import open_storage
 from bot.web import create_metrics_app, create_web_app
@@ -117,7 +118,11 @@ class BotService:
             await sync_from_config(session, self.config.departments)
         self._http = aiohttp.ClientSession()
         client = make_client(s.slack_bot_token, s.slack_api_url, session=self._http)
-        slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
+        interval = self.tuning.per_channel_interval
+        # Replicas share a database only on PostgreSQL: there they share each channel's budget.
+        shared = db.engine.dialect.name == "postgresql"
+        budget = SharedBudget(db, interval, 1) if shared else None
+        slack = SlackOut(client, per_channel_interval=interval, budget=budget)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
         bolt = build_bolt_app(s, deps)
         lazy = bolt.listener_runner.lazy_listener_runner

@@ -14,6 +14,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -173,6 +174,14 @@ class CustomerThread(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     thread_ts: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The event whose alert is the thread's top-level message (None: a thread started by a
+    # header, before 0008), how many alerts were posted in the thread since, how many of them
+    # the top-level message shows, the last one's time, and when the message was last updated.
+    opened_by: Mapped[str | None] = mapped_column(String(128))
+    updates: Mapped[int] = mapped_column(Integer, default=0)
+    shown_updates: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SharedCard(Base):
@@ -412,17 +421,41 @@ class AlertDelivery(Base):
     __table_args__ = (Index("ix_alert_deliveries_status", "status", "customer_id"),)
 
 
-class DeliveryLease(Base):
-    """Which bot process posts a customer's alerts, until when: with several replicas, one
-    posts for a customer (its threads, its coalescing window) while it lives."""
+class ChannelLease(Base):
+    """Which bot process posts the alerts of a channel, until when: with several replicas, one
+    posts in a channel at a time (its threads, its roll-ups, its pace), renewing the lease
+    right before each post."""
 
-    __tablename__ = "delivery_leases"
+    __tablename__ = "channel_leases"
 
-    customer_id: Mapped[uuid.UUID] = mapped_column(
-        Id, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
-    )
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(36))
     until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ChannelBudget(Base):
+    """Slack's posting budget of a channel, shared by every replica: `next_at` (Unix seconds)
+    is the earliest moment the next post may go out (a GCRA), pushed on by each post and by
+    a 429's Retry-After."""
+
+    __tablename__ = "channel_budgets"
+
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
+
+
+class ChannelRollup(Base):
+    """A channel's open roll-up message during an alert storm: the alerts it lists are the
+    ledger rows posted with its ts; `listed` of them are shown (the rest wait for an update)."""
+
+    __tablename__ = "channel_rollups"
+
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[str] = mapped_column(String(32))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    listed: Mapped[int] = mapped_column(Integer, default=0)
+    shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OutboxEvent(Base):
@@ -453,11 +486,13 @@ __all__ = [
     "AuditEntry",
     "Base",
     "BlindIndex",
+    "ChannelBudget",
+    "ChannelLease",
+    "ChannelRollup",
     "Customer",
     "CustomerThread",
     "Deal",
     "DealTotal",
-    "DeliveryLease",
     "Department",
     "DepartmentMember",
     "DigestRun",

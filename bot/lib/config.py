@@ -137,6 +137,17 @@ class SyncRules(_Strict):
         default=(1.0, 5.0, 30.0), min_length=1, max_length=10
     )
     max_attempts: int = Field(default=5, ge=1, le=50)
+    # A channel is in a storm when more alert messages are due there than this: its alerts
+    # then go into one roll-up message per coalescing window. Unset: what the channel's budget
+    # (one message per second) posts in one window; without a window (coalesce_seconds = 0),
+    # no roll-ups unless this is set.
+    storm_threshold: int | None = Field(default=None, ge=1)
+
+    def storm_over(self) -> int | None:
+        """The threshold in force (None: roll-ups off)."""
+        if self.storm_threshold is not None:
+            return self.storm_threshold
+        return max(1, int(self.coalesce_seconds)) if self.coalesce_seconds > 0 else None
 
 
 class PipelineRules(_Strict):
