@@ -27,9 +27,23 @@ ROOT = HERE.parent
 README = HERE / "README.md"
 PYTHON = str(ROOT / ".venv" / "bin" / "python")
 
+UPDATES_10K = ("--events", "10000", "--customers", "10000")
+UPDATES_2K = ("--events", "2000", "--customers", "2000")
 # name -> (full arguments, quick arguments)
 BENCHES: dict[str, tuple[list[str], list[str]]] = {
     "lookup": (["bench/lookup.py"], ["bench/lookup.py", "--sizes", "2000", "--samples", "100"]),
+    "import": (
+        ["bench/import.py", "--profile"],
+        ["bench/import.py", "--sizes", "2000", "--profile"],
+    ),
+    "sync-creations": (
+        ["-m", "bench.sync", "--mix", "creations", "--events", "10000", "--replicas", "1"],
+        ["-m", "bench.sync", "--mix", "creations", "--events", "2000", "--replicas", "1"],
+    ),
+    "sync-updates": (
+        ["-m", "bench.sync", "--mix", "updates", "--replicas", "1", *UPDATES_10K],
+        ["-m", "bench.sync", "--mix", "updates", "--replicas", "1", *UPDATES_2K],
+    ),
     "commands": (
         ["-m", "bench.commands"],
         ["-m", "bench.commands", "--customers", "5000", "--rounds", "2"],

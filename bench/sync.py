@@ -3,6 +3,8 @@
     .venv/bin/python -m bench.sync                      # 20,000 events, SQLite and PostgreSQL
     .venv/bin/python -m bench.sync --events 2000 --db postgresql
     .venv/bin/python -m bench.sync --backlog 100000     # peak memory with a backlog
+    .venv/bin/python -m bench.sync --mix creations --events 10000 --replicas 1
+    .venv/bin/python -m bench.sync --mix updates --events 10000 --customers 10000 --replicas 1
 
 Rows of the table (all in the same run, over the same events):
 - bare aio-pika: a consumer that only acks (prefetch as the bot's): the ceiling here;
@@ -125,6 +127,56 @@ def events(n: int, n_customers: int, seed: int = 11) -> Iterator[dict]:
                 "data": {"campaign": "spring", "score": 70},
             }
         yield {**common, **body}
+
+
+def updates(n: int, n_customers: int, seed: int = 13) -> Iterator[dict]:
+    """Changes to customers already stored (`seed_customers`): a new phone (a personal,
+    indexed field: decrypted to compare, encrypted, re-indexed) and a tier."""
+    rnd = random.Random(seed)
+    base = 1_770_000_000
+    for i in range(n):
+        at = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(base + i))
+        customer = {
+            "external_id": f"CUST-{rnd.randrange(n_customers):07d}",
+            "phone": f"+1 555 {rnd.randrange(10**7):07d}",
+            "tier": rnd.choice(["strategic", "enterprise", "mid_market", "smb"]),
+        }
+        yield {
+            "spec": "crm.sync/1",
+            "id": f"bench-u{i}",
+            "occurred_at": at,
+            "source": "bench",
+            "type": "customer.upserted",
+            "customer": customer,
+        }
+
+
+def mix_events(mix: str, n: int, n_customers: int) -> Iterator[dict]:
+    """The stream of a run: `mixed` (each customer created, then alerts and changes),
+    `creations` (every event a new customer, no alerts), `updates` (changes to stored ones)."""
+    if mix == "creations":
+        return events(n, n)
+    if mix == "updates":
+        return updates(n, n_customers)
+    return events(n, n_customers)
+
+
+async def seed_customers(db_url: str, n: int) -> None:
+    """The customers an `updates` run changes, stored beforehand as an import would."""
+    from storage.bulk import upsert_many
+    from storage.crypto import KeyRing
+    from storage.db import Database
+    from storage.models import utcnow
+    from storage.vault import Vault
+
+    db, vault = Database(db_url), Vault(KeyRing.parse(KEYS))
+    async with db.transaction() as s:
+        await vault.load(s)
+    people = customers(n)
+    for i in range(0, n, 1000):
+        async with db.transaction() as s:
+            await upsert_many(s, vault, people[i : i + 1000], source="import", occurred_at=utcnow())
+    await db.close()
 
 
 async def publish(url: str, bodies: Iterator[dict], *, queue: str | None = None) -> int:
@@ -322,11 +374,11 @@ def _service(url: str, api_url: str, db_url: str, prefetch: int) -> BotService:
     return BotService(_settings(url, api_url, db_url), parse_config(CONFIG), tuning)
 
 
-async def _publish_all(url: str, n: int, n_customers: int) -> None:
+async def _publish_all(url: str, n: int, n_customers: int, mix: str = "mixed") -> None:
     connection = await aio_pika.connect(url)
     await declare_topology(await connection.channel())
     await connection.close()
-    await publish(url, events(n, n_customers))
+    await publish(url, mix_events(mix, n, n_customers))
 
 
 async def _until_done(db, n: int, limit: float, started: float, sample=None) -> dict:
@@ -353,9 +405,18 @@ async def _until_done(db, n: int, limit: float, started: float, sample=None) -> 
 
 
 async def crm_bot(
-    url: str, api_url: str, db_url: str, n: int, n_customers: int, prefetch: int, limit: float
+    url: str,
+    api_url: str,
+    db_url: str,
+    n: int,
+    n_customers: int,
+    prefetch: int,
+    limit: float,
+    mix: str = "mixed",
 ) -> dict:
-    await _publish_all(url, n, n_customers)
+    if mix == "updates":
+        await seed_customers(db_url, n_customers)
+    await _publish_all(url, n, n_customers, mix)
     service = _service(url, api_url, db_url, prefetch)
     rss = {"before": rss_mb()}
     rss["peak"] = rss["before"]
@@ -515,9 +576,11 @@ async def main(args: argparse.Namespace) -> None:
 
         for db in args.db:
             async with throwaway_database(db, tmp) as db_url:
-                r = await crm_bot(url, api_url, db_url, n, args.customers, args.prefetch, 900)
-            add_row(db, r)
-        if args.replicas > 1 and "postgresql" in args.db:
+                r = await crm_bot(
+                    url, api_url, db_url, n, args.customers, args.prefetch, 900, args.mix
+                )
+            add_row(db if args.mix == "mixed" else f"{db}, {args.mix}", r)
+        if args.replicas > 1 and "postgresql" in args.db and args.mix == "mixed":
             async with throwaway_database("postgresql", tmp) as db_url:
                 r = await crm_bot_replicas(
                     url, api_url, db_url, n, args.customers, args.prefetch, 900, args.replicas
@@ -570,6 +633,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--prefetch", type=int, default=256)
     p.add_argument(
         "--replicas", type=int, default=2, help="also run N bot processes on PostgreSQL (1: no)"
+    )
+    p.add_argument(
+        "--mix",
+        choices=["mixed", "creations", "updates"],
+        default="mixed",
+        help="mixed: create, then alerts and changes; creations: only new customers (no "
+        "alerts); updates: changes (phone, tier) to --customers stored beforehand",
     )
     p.add_argument("--naive-events", type=int, default=0, help="cap the naive run (0: all)")
     p.add_argument("--backlog", type=int, default=0, help="peak-memory mode with N queued")

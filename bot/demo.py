@@ -26,7 +26,17 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bot.demo_data import SampleEvents, demo_config, demo_customers, roles, topics
+from bot.demo_data import (
+    DEMO_NOTE,
+    ERIN,
+    SERVICE,
+    SampleEvents,
+    demo_config,
+    demo_customers,
+    demo_deals,
+    roles,
+    topics,
+)
 from bot.lib.config import Settings
 from bot.sandbox import Sandbox
 from bot.service import BotService, Tuning
@@ -50,6 +60,7 @@ class DemoOptions:
     interval: float = 4.0  # seconds between sample events
     amqp_url: str | None = None
     tuning: Tuning | None = None
+    story: bool | None = None  # a note added from a thread (default: with the events)
 
 
 class Demo:
@@ -68,6 +79,7 @@ class Demo:
         self._events: SampleEvents | None = None
         self._handle: Any = None
         self._amqp: Any = None  # connection used to publish sample events
+        self._story: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         o = self.options
@@ -101,6 +113,7 @@ class Demo:
         await self.service.start(migrate=True, port=0)
         page.connect(self.service.url + "/slack/events", secret)
         await self.seed(o.customers)
+        await self.seed_pipeline(o.customers)
         self._events = SampleEvents(demo_customers(o.customers))
         if amqp:
             import aio_pika
@@ -114,6 +127,8 @@ class Demo:
             self.via = "direct"
         if o.events:
             self._player = asyncio.create_task(self._play(o.interval), name="demo-events")
+        if o.events if o.story is None else o.story:
+            self._story = asyncio.create_task(self.note_from_thread(), name="demo-note")
 
     @property
     def deps(self):
@@ -128,6 +143,68 @@ class Demo:
             )
         log.info("demo customers: %d created, %d updated", created, updated)
         return created, updated
+
+    async def seed_pipeline(self, count: int) -> int:
+        """Deals with eight weeks of history, written as the sync would write them (storage
+        only: replaying them as events would flood the channels with old alerts)."""
+        from sqlalchemy import select
+
+        from storage.deals import Deals
+        from storage.models import Customer
+
+        rows = demo_deals(demo_customers(count), datetime.now(UTC))
+        async with self.deps.db.transaction() as session:
+            ids = {ext for ext, _, _ in rows}
+            stmt = select(Customer).where(Customer.external_id.in_(ids))
+            customers = {c.external_id: c for c in (await session.execute(stmt)).scalars()}
+            deals = Deals(session, self.deps.vault)
+            for ext, data, when in rows:
+                await deals.apply_deal(customers[ext], data, source="sales-crm", occurred_at=when)
+            await deals.write()
+        return len(rows)
+
+    async def note_from_thread(self) -> None:
+        """Erin, in customer service, puts what a customer said in a thread on the shared
+        record with the "Add to customer record" shortcut, as a person on the page would."""
+        assert self.sandbox is not None and self.sandbox.page is not None
+        store, sim = self.sandbox.store, self.sandbox.page.sim
+        try:
+            ts = store.next_ts()
+            store.add_message(
+                SERVICE,
+                {
+                    "type": "message",
+                    "user": ERIN,
+                    "text": "Call with the Analytical Engines team just now",
+                    "ts": ts,
+                },
+            )
+            reply = store.next_ts()
+            store.add_message(
+                SERVICE,
+                {"type": "message", "user": ERIN, "text": DEMO_NOTE, "ts": reply, "thread_ts": ts},
+            )
+            before = {v["id"] for v in store.views(ERIN)}
+            await sim.message_shortcut(ERIN, SERVICE, reply, "add_to_customer_record")
+            for _ in range(200):  # the modal opens within a second or two
+                new = [  # once filled: it opens saying "Loading…"
+                    v
+                    for v in store.views(ERIN)
+                    if v["id"] not in before and v.get("callback_id") == "note_add"
+                ]
+                if new:
+                    break
+                await asyncio.sleep(0.05)
+            else:
+                log.warning("demo note: the modal did not open")
+                return
+            values = {
+                "note_customer": {"customer": {"type": "plain_text_input", "value": "CUS-1001"}},
+                "note_text": {"text": {"type": "plain_text_input", "value": DEMO_NOTE}},
+            }
+            await sim.submit_view(ERIN, new[0]["id"], values)
+        except Exception:
+            log.exception("demo note from a thread failed")
 
     async def play(self, count: int = 1) -> list[dict[str, Any]]:
         """Send the next `count` sample events (to RabbitMQ, or into the sync handler)."""
@@ -165,6 +242,10 @@ class Demo:
                 log.exception("could not send a sample event; trying again in %ss", interval)
 
     async def stop(self) -> None:
+        if self._story is not None:
+            self._story.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._story
         if self._player is not None:
             self._player.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -11,10 +11,18 @@ import random
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from bot.lib.config import AlertRule, CrmConfig, Department, HandoffRules, SyncRules
+from bot.lib.config import (
+    AlertRule,
+    CrmConfig,
+    Department,
+    Digest,
+    HandoffRules,
+    PipelineRules,
+    SyncRules,
+)
 from bot.sandbox import DEMO_USERS
 
 # The sandbox's people (bot/sandbox/server.py DEMO_USERS), in their departments.
@@ -70,6 +78,14 @@ def demo_config() -> CrmConfig:
         handoffs=HandoffRules(claim_within_minutes=30),
         alerts=alerts,
         sync=SyncRules(coalesce_seconds=1, broadcast_overdue_over=10000),
+        # Marketing sees the pipeline's counts, not its values.
+        pipeline=PipelineRules(values=("sales", "finance", "service")),
+        # Finance's Monday digest: the latest Monday 08:00 has passed, so it is posted as the
+        # demo starts (a digest due while the bot was down).
+        digests=(
+            Digest(department="finance", schedule="mon 08:00", timezone="Europe/Berlin"),
+            Digest(department="marketing", schedule="mon 08:00", timezone="Europe/Berlin"),
+        ),
     )
 
 
@@ -318,3 +334,32 @@ class SampleEvents:
         customer = self._customer()
         data = {"campaign": self.rng.choice(CAMPAIGNS), "score": self.rng.randrange(55, 99)}
         return self._event("lead.qualified", customer, data)
+
+
+# -- pipeline history ----------------------------------------------------------------------
+DEMO_NOTE = (
+    "CUS-1001 told me on the phone they will look at other vendors at renewal unless support "
+    "answers within a day. Sales should call before the renewal talks."
+)
+
+
+def demo_deals(
+    customers: list[dict[str, Any]], now: datetime, count: int = 60, seed: int = 5
+) -> list[tuple[str, dict[str, Any], datetime]]:
+    """(customer external id, deal.stage_changed data, when) for a pipeline with a history:
+    open deals in every stage, and deals won and lost over the last eight weeks."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(count):
+        customer = str(rng.choice(customers)["external_id"])
+        stage = rng.choice((*DEAL_FLOW, *DEAL_FLOW, "closed_won", "closed_won", "closed_lost"))
+        when = now - timedelta(days=rng.uniform(0.5, 56))
+        data = {
+            "deal_id": f"D-H{i:03d}",
+            "name": f"{rng.choice(DEAL_NAMES)} {now.year + 1}",
+            "amount": float(rng.randrange(8, 240) * 500),
+            "currency": "EUR",
+            "stage": stage,
+        }
+        out.append((customer, data, when))
+    return out

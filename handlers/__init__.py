@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from slack_bolt.async_app import AsyncApp
 
-from handlers import audit_witness, customers, departments, home
+from handlers import audit_witness, customers, departments, digests, home, notes, pipeline
 from handlers.approvals import listeners as approvals
 from handlers.commands import CommandRouter
 from handlers.deps import Deps
@@ -20,6 +20,8 @@ def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:
     handoffs.register(app, deps, router)
     approvals.register(app, deps, router)
     departments.register(app, deps, router)
+    notes.register(app, deps, router)
+    pipeline.register(router)
     home.register(app, deps)
     router.register(app, deps)
     return router
@@ -32,6 +34,7 @@ def background_jobs(deps: Deps) -> list:
         *approvals.jobs(deps),
         *sync.jobs(deps),
         *audit_witness.jobs(deps),
+        *digests.jobs(deps),
     ]
 
 

@@ -10,14 +10,14 @@ from __future__ import annotations
 import logging
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from slack_bolt.async_app import AsyncApp
 from sqlalchemy import delete, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.lib.blocks import customers as cards
-from bot.lib.blocks import reply
+from bot.lib.blocks import esc, reply
 from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import (
     Command,
@@ -32,9 +32,10 @@ from bot.lib.slack_out import SlackError, fit_to_limits
 from handlers.changes import record_change
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from storage import shared_cards
+from storage import notes, shared_cards
 from storage.crypto import CryptoError
 from storage.customers import CustomerRecord, Customers
+from storage.departments import all_departments
 from storage.models import Approval, Customer, Handoff, SlackRequest, TimelineEntry
 from storage.slack_requests import first_time
 
@@ -42,6 +43,7 @@ log = logging.getLogger(__name__)
 
 MAX_QUERY = 200
 TIMELINE_ENTRIES = 5
+NOTES_SHOWN = 5
 OPEN_HANDOFF = ("requested", "accepted")
 PUNCTUATION = ".,;:!?()[]\"'"
 MENTION = re.compile(r"<[@!#][^<>]*>")
@@ -97,10 +99,17 @@ class Card:
     timeline: list[cards.TimelineItem]
     handoffs: list[cards.HandoffItem]
     approvals: list[cards.ApprovalItem]
+    notes: list[notes.NoteItem] = field(default_factory=list)
+    department_names: dict[str, str] = field(default_factory=dict)
 
     def full(self) -> dict:
         text, blocks = cards.full_card(
-            self.record, timeline=self.timeline, handoffs=self.handoffs, approvals=self.approvals
+            self.record,
+            timeline=self.timeline,
+            handoffs=self.handoffs,
+            approvals=self.approvals,
+            notes=self.notes,
+            department_names=self.department_names,
         )
         return answer(text, blocks)
 
@@ -117,7 +126,7 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
     entries = (
         await session.execute(
             select(TimelineEntry)
-            .where(TimelineEntry.customer_id == customer.id)
+            .where(TimelineEntry.customer_id == customer.id, TimelineEntry.kind != notes.KIND)
             .order_by(TimelineEntry.occurred_at.desc())
             .limit(TIMELINE_ENTRIES)
         )
@@ -142,6 +151,7 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
             .limit(10)
         )
     ).scalars()
+    departments = await all_departments(session)
     return Card(
         record,
         timeline,
@@ -153,6 +163,8 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
             cards.ApprovalItem(a.kind, a.amount, a.unit, a.department, a.requested_by)
             for a in approvals
         ],
+        await notes.latest(session, deps.vault, customer, limit=NOTES_SHOWN),
+        {key: d.name for key, d in departments.items()},
     )
 
 
@@ -233,7 +245,9 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
             data={"channel": posted["channel"], "ts": posted["ts"]},
         )
     log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
-    return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")
+    return answer(
+        f"Shared a card for {esc(cards.label(record))} in <#{channel}> (no contact details)."
+    )
 
 
 async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:

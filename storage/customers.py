@@ -16,7 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from .blind_index import index_rows, insert_index_rows
 from .crypto import decrypt_field, encrypt_field, normalise_email, query_terms
-from .models import BlindIndex, Customer, utcnow
+from .models import BlindIndex, Customer, TimelineEntry, utcnow
 from .vault import Vault
 
 PERSONAL = ("name", "email", "phone", "company", "notes")
@@ -403,6 +403,12 @@ class Customers:
         """Crypto-shredding: the data key and index rows go, so every ciphertext about this
         customer, anywhere in the database, is unreadable at once."""
         await self.session.execute(delete(BlindIndex).where(BlindIndex.customer_id == customer.id))
+        # Notes added in Slack go with the key (storage/notes.py says why).
+        await self.session.execute(
+            delete(TimelineEntry).where(
+                TimelineEntry.customer_id == customer.id, TimelineEntry.kind == "note"
+            )
+        )
         if self._deferred is not None:
             self._deferred.pop(customer.id, None)
         for name in PERSONAL:

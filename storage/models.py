@@ -15,6 +15,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -183,6 +184,14 @@ class CustomerThread(Base):
     channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     thread_ts: Mapped[str] = mapped_column(String(32))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The event whose alert is the thread's top-level message (None: a thread started by a
+    # header, before 0008), how many alerts were posted in the thread since, how many of them
+    # the top-level message shows, the last one's time, and when the message was last updated.
+    opened_by: Mapped[str | None] = mapped_column(String(128))
+    updates: Mapped[int] = mapped_column(Integer, default=0)
+    shown_updates: Mapped[int] = mapped_column(Integer, default=0)
+    changed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class SharedCard(Base):
@@ -216,6 +225,98 @@ class TimelineEntry(Base):
     summary_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     event_id: Mapped[str | None] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # A note added in Slack (kind "note"): who added it, from which department, and the Slack
+    # message it came from. Ids and a link, no text: the note itself is `summary_ct`.
+    author: Mapped[str | None] = mapped_column(String(32))
+    department: Mapped[str | None] = mapped_column(String(32))
+    permalink: Mapped[str | None] = mapped_column(String(500))
+
+
+class Deal(Base):
+    """A deal as its system of record last said (deal.stage_changed). Business data, not
+    personal data, so in the clear (amounts are what the pipeline sums); the free-text name is
+    sealed under the customer's key. The owner is copied from the customer so the pipeline per
+    department or owner reads one table."""
+
+    __tablename__ = "deals"
+
+    deal_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    stage: Mapped[str] = mapped_column(String(20))
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    name_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
+    owner_department: Mapped[str | None] = mapped_column(String(64))
+    owner_slack_user: Mapped[str | None] = mapped_column(String(32))
+    # Last occurred_at applied per source, as for customers.
+    source_clock: Mapped[dict] = mapped_column(JSON, default=dict)
+    closed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)  # when won or lost
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+    __table_args__ = (
+        # Each covers what the pipeline reads: per stage the largest first, and the totals.
+        Index("ix_deals_stage_amount", "stage", "amount", "currency"),
+        Index("ix_deals_department_stage", "owner_department", "stage", "amount", "currency"),
+        Index("ix_deals_owner_stage", "owner_slack_user", "stage"),
+        Index("ix_deals_won", "stage", "closed_at", "amount", "currency"),
+    )
+
+
+class DealTotal(Base):
+    """The pipeline's sums, kept up to date with every deal change (storage/deals.py): deals
+    and their amounts per owner, stage, currency and month closed ("" while open). `/crm
+    pipeline` reads these few rows instead of summing every deal. Empty strings stand for
+    "none" (key columns cannot be NULL)."""
+
+    __tablename__ = "deal_totals"
+
+    owner_department: Mapped[str] = mapped_column(String(64), primary_key=True)
+    owner_slack_user: Mapped[str] = mapped_column(String(32), primary_key=True)
+    stage: Mapped[str] = mapped_column(String(20), primary_key=True)
+    currency: Mapped[str] = mapped_column(String(3), primary_key=True)
+    month: Mapped[str] = mapped_column(String(7), primary_key=True)  # "YYYY-MM" closed, or ""
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    amount: Mapped[Decimal] = mapped_column(Money, default=0)
+
+
+class OpenItem(Base):
+    """Overdue invoices and escalated tickets while they are open (the digests count them):
+    `invoice.overdue` opens one, `payment.received` closes it; `ticket.escalated` opens one,
+    `ticket.resolved` closes it. Ids, amounts and states only."""
+
+    __tablename__ = "open_items"
+
+    kind: Mapped[str] = mapped_column(String(16), primary_key=True)  # invoice | escalation
+    item_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    customer_id: Mapped[uuid.UUID] = mapped_column(
+        Id, ForeignKey("customers.id", ondelete="CASCADE"), index=True
+    )
+    is_open: Mapped[bool] = mapped_column(Boolean, default=True)
+    amount: Mapped[Decimal | None] = mapped_column(Money)
+    currency: Mapped[str | None] = mapped_column(String(3))
+    owner_department: Mapped[str | None] = mapped_column(String(64))
+    occurred_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+    __table_args__ = (Index("ix_open_items_open", "kind", "is_open"),)
+
+
+class DigestRun(Base):
+    """One row per digest and period: the replica that inserts it posts that period's digest
+    (the primary key refuses a second), once even across restarts. A claim not finished within
+    its lease (the process died) may be taken over; the post's key finds what went out."""
+
+    __tablename__ = "digest_runs"
+
+    digest: Mapped[str] = mapped_column(String(64), primary_key=True)
+    period: Mapped[datetime] = mapped_column(UTCDateTime, primary_key=True)
+    claimed_by: Mapped[str] = mapped_column(String(36))
+    claimed_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    posted_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    channel_id: Mapped[str | None] = mapped_column(String(32))
+    ts: Mapped[str | None] = mapped_column(String(32))
+    file_id: Mapped[str | None] = mapped_column(String(32))
 
 
 class Handoff(Base):
@@ -330,17 +431,41 @@ class AlertDelivery(Base):
     __table_args__ = (Index("ix_alert_deliveries_status", "status", "customer_id"),)
 
 
-class DeliveryLease(Base):
-    """Which bot process posts a customer's alerts, until when: with several replicas, one
-    posts for a customer (its threads, its coalescing window) while it lives."""
+class ChannelLease(Base):
+    """Which bot process posts the alerts of a channel, until when: with several replicas, one
+    posts in a channel at a time (its threads, its roll-ups, its pace), renewing the lease
+    right before each post."""
 
-    __tablename__ = "delivery_leases"
+    __tablename__ = "channel_leases"
 
-    customer_id: Mapped[uuid.UUID] = mapped_column(
-        Id, ForeignKey("customers.id", ondelete="CASCADE"), primary_key=True
-    )
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
     owner: Mapped[str] = mapped_column(String(36))
     until: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class ChannelBudget(Base):
+    """Slack's posting budget of a channel, shared by every replica: `next_at` (Unix seconds)
+    is the earliest moment the next post may go out (a GCRA), pushed on by each post and by
+    a 429's Retry-After."""
+
+    __tablename__ = "channel_budgets"
+
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    next_at: Mapped[float] = mapped_column(Float)
+
+
+class ChannelRollup(Base):
+    """A channel's open roll-up message during an alert storm: the alerts it lists are the
+    ledger rows posted with its ts; `listed` of them are shown (the rest wait for an update)."""
+
+    __tablename__ = "channel_rollups"
+
+    channel_id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    ts: Mapped[str] = mapped_column(String(32))
+    opened_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    listed: Mapped[int] = mapped_column(Integer, default=0)
+    shown_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class OutboxEvent(Base):
@@ -371,13 +496,19 @@ __all__ = [
     "AuditEntry",
     "Base",
     "BlindIndex",
+    "ChannelBudget",
+    "ChannelLease",
+    "ChannelRollup",
     "Customer",
     "CustomerThread",
-    "DeliveryLease",
+    "Deal",
+    "DealTotal",
     "Department",
     "DepartmentMember",
+    "DigestRun",
     "Handoff",
     "IndexKey",
+    "OpenItem",
     "OutboxEvent",
     "ProcessedEvent",
     "SharedCard",

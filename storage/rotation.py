@@ -6,9 +6,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import delete, func, select
+from sqlalchemy import bindparam, delete, func, select, update
 
-from .customers import Customers
+from .blind_index import index_rows, insert_index_rows
+from .customers import read_record
 from .db import Database
 from .models import AuditKey, BlindIndex, Customer, IndexKey
 from .vault import Vault, audit_key_context, index_key_context
@@ -36,19 +37,40 @@ async def rewrap(db: Database, vault: Vault, batch: int = 500, progress: Progres
             if row.key_id != vault.ring.active_id:
                 key = vault.ring.unwrap(row.key_id, row.wrapped_key, context)
                 row.key_id, row.wrapped_key = vault.ring.wrap(key, context)
+    table = Customer.__table__
+    # Core statements, not the ORM: the ORM sent one UPDATE per customer (its version check
+    # needs each row's count); one executemany per batch writes them all. A row changed by
+    # someone else meanwhile (erased, re-created, rotated) keeps its new wrap: the UPDATE
+    # matches the old wrap only. The version stays: the record's content did not change.
+    rewrite = (
+        update(table)
+        .where(table.c.id == bindparam("b_id"), table.c.wrapped_key == bindparam("b_old"))
+        .values(key_id=bindparam("b_key_id"), wrapped_key=bindparam("b_wrapped"))
+    )
+    after = None  # keyset paging by id: rows that failed to unwrap are not read again
     while True:
         async with db.transaction() as s:
             stmt = (
-                select(Customer)
-                .where(Customer.key_id.is_not(None), Customer.key_id != vault.ring.active_id)
+                select(table.c.id, table.c.key_id, table.c.wrapped_key)
+                .where(table.c.key_id.is_not(None), table.c.key_id != vault.ring.active_id)
+                .order_by(table.c.id)
                 .limit(batch)
             )
-            rows = (await s.execute(stmt)).scalars().all()
-            for c in rows:
-                key = vault.key_of(c)
-                c.key_id, c.wrapped_key = vault.ring.wrap(key, f"customers:{c.id}")
+            if after is not None:
+                stmt = stmt.where(table.c.id > after)
+            rows = (await s.execute(stmt)).all()
+            params = []
+            for cid, key_id, wrapped in rows:
+                key = vault.data_key(cid, key_id, wrapped)
+                new_id, new_wrapped = vault.ring.wrap(key, f"customers:{cid}")
+                params.append(
+                    {"b_id": cid, "b_old": wrapped, "b_key_id": new_id, "b_wrapped": new_wrapped}
+                )
+            if params:
+                await s.execute(rewrite, params)
         if not rows:
             return done
+        after = rows[-1][0]
         done += len(rows)
         if progress:
             progress(len(rows))
@@ -78,11 +100,17 @@ async def reindex(db: Database, vault: Vault, batch: int = 500, progress: Progre
                 .limit(batch)
             )
             ids = list((await s.execute(stale)).scalars())
-            repo = Customers(s, vault)
-            for cid in ids:
-                customer = await repo.get(cid)
-                if customer is not None:  # deleted meanwhile: its index rows went with it
-                    await repo.reindex(customer)
+            if ids:  # one read, one DELETE and one bulk insert per batch
+                found = await s.execute(select(Customer).where(Customer.id.in_(ids)))
+                rows = [
+                    row
+                    for c in found.scalars()
+                    if c.erased_at is None
+                    for row in index_rows(vault, c.id, read_record(vault, c))
+                ]
+                await s.execute(delete(BlindIndex).where(BlindIndex.customer_id.in_(ids)))
+                if rows:
+                    await insert_index_rows(s, rows)
         if not ids:
             break
         done += len(ids)

@@ -15,15 +15,13 @@ from datetime import datetime
 from typing import Any, NamedTuple, cast
 
 from sqlalchemy import CursorResult, bindparam, func, insert, select, tuple_, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
-from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .models import (
     AlertDelivery,
+    ChannelRollup,
     Customer,
     CustomerThread,
-    DeliveryLease,
     ProcessedEvent,
     TimelineEntry,
     new_id,
@@ -142,35 +140,6 @@ def open_line(vault: Vault, customer: Customer, row) -> str | None:
     return vault.open(customer, "alert_deliveries", "line", rid, row.line_ct)
 
 
-async def claim(
-    session: AsyncSession,
-    customer_ids: Sequence[uuid.UUID],
-    owner: str,
-    now: datetime,
-    until: datetime,
-) -> list[uuid.UUID]:
-    """Of these customers, those whose alerts `owner` may post now: a lease nobody else holds
-    (or whose holder stopped renewing it) is taken or renewed until `until`."""
-    if not customer_ids:
-        return []
-    dialect = session.get_bind().dialect.name
-    insert = pg_insert if dialect == "postgresql" else sqlite_insert
-    stmt = insert(DeliveryLease)
-    stmt = stmt.on_conflict_do_update(
-        index_elements=["customer_id"],
-        set_={"owner": stmt.excluded.owner, "until": stmt.excluded.until},
-        where=(DeliveryLease.owner == owner) | (DeliveryLease.until < now),
-    )
-    # One row per execution of one statement (compiled once, not once per round size), in
-    # one order, so two replicas claiming overlapping sets cannot deadlock.
-    rows = [{"customer_id": c, "owner": owner, "until": until} for c in sorted(customer_ids)]
-    await session.execute(stmt, rows)
-    mine = select(DeliveryLease.customer_id).where(
-        DeliveryLease.customer_id.in_(list(customer_ids)), DeliveryLease.owner == owner
-    )
-    return list((await session.execute(mine)).scalars())
-
-
 async def pending_for_many(session: AsyncSession, customer_ids: Sequence[uuid.UUID]) -> list:
     """The pending alert rows of these customers, oldest first (rows, not ORM objects: they
     are read, never changed through the session)."""
@@ -181,6 +150,64 @@ async def pending_for_many(session: AsyncSession, customer_ids: Sequence[uuid.UU
         .order_by(table.c.created_at, table.c.event_id)
     )
     return list((await session.execute(stmt)).all())
+
+
+async def pending_in(session: AsyncSession, channel: str, limit: int = 1000) -> list:
+    """The pending alert rows of one channel, oldest first."""
+    table = AlertDelivery.__table__
+    stmt = (
+        select(table)
+        .where(table.c.channel_id == channel, table.c.status == PENDING)
+        .order_by(table.c.created_at, table.c.event_id)
+        .limit(limit)
+    )
+    return list((await session.execute(stmt)).all())
+
+
+async def channels_with_pending(session: AsyncSession) -> list[str]:
+    stmt = select(AlertDelivery.channel_id).where(AlertDelivery.status == PENDING).distinct()
+    return list((await session.execute(stmt)).scalars())
+
+
+async def channels_behind(session: AsyncSession) -> list[str]:
+    """Channels with a message to bring up to date: a thread's top-level message showing fewer
+    alerts than its thread holds, or a roll-up listing fewer than it holds."""
+    tops = select(CustomerThread.channel_id).where(
+        CustomerThread.updates > CustomerThread.shown_updates
+    )
+    rollups = select(ChannelRollup.channel_id).where(ChannelRollup.listed < ChannelRollup.items)
+    return list((await session.execute(tops.union(rollups))).scalars())
+
+
+async def posted_with(session: AsyncSession, channel: str, ts: str) -> list:
+    """The alert rows recorded as posted in the message `ts` (a roll-up), oldest first."""
+    table = AlertDelivery.__table__
+    stmt = (
+        select(table)
+        .where(table.c.channel_id == channel, table.c.ts == ts, table.c.status == POSTED)
+        .order_by(table.c.created_at, table.c.event_id)
+    )
+    return list((await session.execute(stmt)).all())
+
+
+async def alert_row(session: AsyncSession, event_id: str, channel: str):
+    return await session.get(AlertDelivery, (event_id, channel))
+
+
+async def latest_posted(session: AsyncSession, customer_id: uuid.UUID, channel: str):
+    """The customer's alert posted last in `channel` (for its thread's top-level message)."""
+    table = AlertDelivery.__table__
+    stmt = (
+        select(table)
+        .where(
+            table.c.customer_id == customer_id,
+            table.c.channel_id == channel,
+            table.c.status == POSTED,
+        )
+        .order_by(table.c.posted_at.desc(), table.c.created_at.desc())
+        .limit(1)
+    )
+    return (await session.execute(stmt)).first()
 
 
 async def threads_of_many(
@@ -313,8 +340,57 @@ async def retry_failed(
 
 
 def start_thread(
-    session: AsyncSession, customer_id: uuid.UUID, channel_id: str, thread_ts: str
+    session: AsyncSession,
+    customer_id: uuid.UUID,
+    channel_id: str,
+    thread_ts: str,
+    opened_by: str | None = None,
 ) -> CustomerThread:
-    thread = CustomerThread(customer_id=customer_id, channel_id=channel_id, thread_ts=thread_ts)
+    """The customer's thread in a channel: `thread_ts` is its top-level message, the alert of
+    event `opened_by` (None for a thread started by a header, before 0008)."""
+    thread = CustomerThread(
+        customer_id=customer_id,
+        channel_id=channel_id,
+        thread_ts=thread_ts,
+        opened_by=opened_by,
+        updates=0,
+        shown_updates=0,
+    )
     session.add(thread)
     return thread
+
+
+async def note_replies(
+    session: AsyncSession, customer_id: uuid.UUID, channel_id: str, n: int, at: datetime
+) -> None:
+    """`n` more alerts were posted in the thread: its top-level message is behind."""
+    stmt = (
+        update(CustomerThread)
+        .where(CustomerThread.customer_id == customer_id, CustomerThread.channel_id == channel_id)
+        .values(updates=CustomerThread.updates + n, changed_at=at)
+    )
+    await session.execute(stmt)
+
+
+async def tops_behind(
+    session: AsyncSession, channel_id: str, shown_before: datetime
+) -> list[CustomerThread]:
+    """The threads in a channel whose top-level message shows fewer alerts than were posted,
+    and was last updated before `shown_before` (at most once per coalescing window)."""
+    stmt = select(CustomerThread).where(
+        CustomerThread.channel_id == channel_id,
+        CustomerThread.updates > CustomerThread.shown_updates,
+        (CustomerThread.shown_at.is_(None)) | (CustomerThread.shown_at <= shown_before),
+    )
+    return list((await session.execute(stmt)).scalars())
+
+
+async def top_shown(
+    session: AsyncSession, customer_id: uuid.UUID, channel_id: str, updates: int, at: datetime
+) -> None:
+    stmt = (
+        update(CustomerThread)
+        .where(CustomerThread.customer_id == customer_id, CustomerThread.channel_id == channel_id)
+        .values(shown_updates=updates, shown_at=at)
+    )
+    await session.execute(stmt)

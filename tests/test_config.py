@@ -51,6 +51,14 @@ notify = ["finance"]
             GOOD_ALERT.replace('notify = ["finance"]', 'notify = ["legal"]'),
             "line 9: alerts[0].notify: unknown department 'legal'",
         ),
+        (
+            f'[departments.sales]\nchannel = "C0SALES01"\nname = "{"S" * 76}"\n',
+            "line 3: departments.sales.name: is 76 characters: Slack shows at most 75",
+        ),
+        (
+            '[departments.sales]\nname = "  "\nchannel = "C0SALES01"\n',
+            "line 2: departments.sales.name: is blank",
+        ),
         ("[handoffs]\nclaim_within_minutes = -5\n", "line 2: handoffs.claim_within_minutes"),
         ("[sync]\nretry_delays = []\n", "line 2: sync.retry_delays"),
         ("[sync]\ncoalesce_seconds = 5\nretry_delays = [1, 0]\n", "line 3: sync.retry_delays"),
@@ -135,3 +143,77 @@ def test_every_command_has_help(tmp_path):
     ):
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 0 and "usage: crm-bot" in result.stdout, args
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ('departments = "x"\n', "line 1: departments: must be a table"),
+        ('departments = ["sales"]\n', "line 1: departments: must be a table"),
+        ('[departments]\nsales = "x"\n', "line 2: departments.sales: must be a table"),
+        (
+            '[departments.sales]\nname = "S"\nchannel = "C0SALES01"\nmembers = "U0ALICE01"\n',
+            "line 4: departments.sales.members: must be a list",
+        ),
+        ('alerts = { on = "x" }\n', "line 1: alerts: must be a list"),
+        ("handoffs = 5\n", "line 1: handoffs: must be a table"),
+        (
+            '[approvals]\ndepartment = ["finance"]\n',
+            "line 2: approvals.department: must be a table",
+        ),
+        ('[sync]\nretry_delays = "1,5"\n', "line 2: sync.retry_delays: must be a list"),
+        ("sync = []\n", "line 1: sync: must be a table"),
+    ],
+)
+def test_type_errors_are_one_line_naming_file_and_problem(tmp_path, text, expected):
+    """A value of the wrong TOML type (a string or list where a table belongs, ...) gives the
+    one-line error through the real CLI, never a traceback (`departments = "x"` gave one)."""
+    path = tmp_path / "crm.toml"
+    path.write_text(text)
+    env = {
+        "SLACK_BOT_TOKEN": "x",
+        "SLACK_SIGNING_SECRET": "y",
+        "CRM_MASTER_KEYS": "k1:" + "A" * 43 + "=",
+        "CRM_CONFIG": str(path),
+    }
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert lines == [lines[0]] and f"{path}, {expected}" in lines[0], result.stderr
+
+
+def test_config_not_utf8_is_one_line(tmp_path):
+    path = tmp_path / "crm.toml"
+    path.write_bytes(b'[departments.sales]\nname = "Caf\xe9"\n')
+    env = {
+        "SLACK_BOT_TOKEN": "x",
+        "SLACK_SIGNING_SECRET": "y",
+        "CRM_MASTER_KEYS": "k1:" + "A" * 43 + "=",
+        "CRM_CONFIG": str(path),
+    }
+    result = run_cli("serve", env=env, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{path}: not UTF-8" in result.stderr.strip()
+
+
+def test_the_longest_department_name_config_takes_is_one_slack_shows():
+    """The limit is Slack's own: the handoff modal's menu option built from the longest name
+    the config accepts passes slack_sdk's Block Kit validation; one character more fails both."""
+    from slack_sdk.errors import SlackObjectFormationError
+    from slack_sdk.models.blocks import Option
+
+    from bot.lib.blocks import select_input
+
+    def option_block(name: str) -> Option:
+        block = select_input("to", "Hand off to", "to", [("sales", name)])
+        (option,) = block["element"]["options"]
+        return Option(value=option["value"], text=option["text"]["text"])
+
+    longest = "S" * 75
+    parse_config(f'[departments.sales]\nname = "{longest}"\nchannel = "C0SALES01"\n')
+    option_block(longest).validate_json()
+    with pytest.raises(ConfigError):
+        parse_config(f'[departments.sales]\nname = "{longest}S"\nchannel = "C0SALES01"\n')
+    with pytest.raises(SlackObjectFormationError):
+        option_block(longest + "S").validate_json()

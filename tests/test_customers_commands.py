@@ -167,6 +167,7 @@ async def test_show_gives_the_full_card_to_the_asker_only(bot):
         assert expected in texts, expected
     assert "to finance" not in texts  # a completed handoff is not open
     assert buttons(card.blocks) == {
+        "customer_note": str(ada.id),
         "customer_handoff": str(ada.id),
         "customer_approval": str(ada.id),
         "customer_share": str(ada.id),

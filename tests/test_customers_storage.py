@@ -202,10 +202,14 @@ async def test_erasure_shreds_every_ciphertext(db, vault):
     async with db.transaction() as s:
         repo = Customers(s, vault)
         c = await repo.by_external_id("C-100")
-        entry = TimelineEntry(customer_id=c.id, occurred_at=T0, kind="note", source="slack")
+        entry = TimelineEntry(customer_id=c.id, occurred_at=T0, kind="ticket.opened", source="hd")
         entry.id = uuid.uuid4()
         entry.summary_ct = vault.seal(c, "timeline", "summary", entry.id, "Asked about invoice 42")
         s.add(entry)
+        note = TimelineEntry(customer_id=c.id, occurred_at=T0, kind="note", source="slack")
+        note.id = uuid.uuid4()
+        note.summary_ct = vault.seal(c, "timeline", "summary", note.id, "Plans to leave")
+        s.add(note)  # a note added in Slack: deleted by the erasure, not only shredded
         wrapped = (c.key_id, c.wrapped_key, c.id)
     async with db.transaction() as s:
         repo = Customers(s, vault)

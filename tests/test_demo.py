@@ -357,3 +357,40 @@ async def test_cli_prints_the_url_ignores_slack_env_and_stops_cleanly_on_ctrl_c(
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_the_demo_shows_a_note_from_a_thread_a_digest_with_its_chart_and_a_pipeline(
+    tmp_path: Path,
+):
+    demo = await start_demo(tmp_path, story=True)
+    try:
+        store = demo.sandbox.store
+        # Finance's Monday digest, with its chart in the thread, served to the page
+        (digest,) = await eventually(
+            lambda: [m for m in store.messages(FINANCE) if "Digest for" in m.get("text", "")],
+            within=30,
+        )
+        chart = await eventually(
+            lambda: [m for m in store.thread(FINANCE, digest["ts"]) if m.get("files")], within=30
+        )
+        assert "EUR" in json.dumps(digest["blocks"])  # eight weeks of deals behind it
+        file_id = chart[0]["files"][0]["id"]
+        async with aiohttp.ClientSession() as http, http.get(f"{demo.url}files/{file_id}") as r:
+            assert r.status == 200 and (await r.read())[:4] == b"\x89PNG"
+        # Erin's note from a thread is on Ada's card, with a link to the message
+        sim = demo.sandbox.page.sim
+
+        async def on_card():
+            n = len(store.ephemerals(ALICE, SALES))
+            await sim.command(ALICE, SALES, "/crm", "show CUS-1001")
+            seen = await eventually(lambda: store.ephemerals(ALICE, SALES)[n:])
+            text = json.dumps(seen[-1].blocks)
+            return "other vendors at renewal" in text and "|message>" in text
+
+        await eventually(on_card, within=30)
+        n = len(store.ephemerals(GRACE, FINANCE))
+        await sim.command(GRACE, FINANCE, "/crm", "pipeline")
+        seen = await eventually(lambda: store.ephemerals(GRACE, FINANCE)[n:])
+        assert "Largest open deals" in json.dumps(seen[-1].blocks)
+    finally:
+        await demo.stop()

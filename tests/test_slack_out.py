@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import re
 from typing import Any
 
 import pytest
@@ -284,3 +285,20 @@ async def test_no_pacing_when_interval_is_zero(sandbox: Sandbox, slack_client: A
     out = SlackOut(slack_client, per_channel_interval=0)
     await asyncio.gather(*(out.post(SALES, f"m{i}") for i in range(10)))
     assert len(sandbox.store.messages(SALES)) == 10
+
+
+@pytest.mark.parametrize("pad", range(2990, 3001))
+def test_cut_never_splits_an_entity_or_the_bots_markup(pad):
+    """Text is escaped before it is cut, and cut only between entities and tokens: Slack
+    would show `&am…` or a broken `<@U0ALI…` as typed."""
+    from bot.lib.blocks import esc, user
+    from bot.lib.slack_out import cut
+
+    for tail in (esc("R&D <x>") * 3, user("U0ALICE01") * 3, "<https://example.com/a|link>"):
+        text = "a" * pad + tail
+        out = cut(text, 3000)
+        assert len(out) <= 3000 and out.endswith("…")
+        body = out[:-1]
+        assert not re.search(r"&[a-z]*$", body), body[-12:]
+        assert body.count("<") == body.count(">"), body[-12:]
+        assert text.startswith(body)

@@ -4,7 +4,8 @@ Each delivery from crm-bot.sync ends in exactly one of:
 
 - handled: ``handle(event, attempt)`` (the body parsed, once, as a JSON object) returned, the
   message is acked;
-- dead: the body is not a UTF-8 JSON object, ``handle`` raised one of ``permanent_errors``, or
+- dead: the body is not a UTF-8 JSON object within the size and depth limits (the reason
+  says which; bot/lib/bounded_json), ``handle`` raised one of ``permanent_errors``, or
   the last of ``max_attempts`` failed: a copy goes to crm.events.dlx (confirmed) with the reason
   in ``x-crm-error``, then the original is acked;
 - retried: ``handle`` raised anything else: a copy with ``x-crm-attempt`` = n + 1 (n during an
@@ -49,7 +50,7 @@ from bot.broker.messages import (
     copy_message,
     header_int,
     original_routing_key,
-    parse_object,
+    parse_event,
     short_reason,
 )
 from bot.broker.topology import (
@@ -72,7 +73,7 @@ log = logging.getLogger(__name__)
 Event = dict[str, Any]  # a message body parsed as a JSON object
 Handle = Callable[[Event, int], Awaitable[None]]
 PartitionKey = Callable[[Event], str | None]
-Delivered = tuple[AbstractIncomingMessage, Event | None]  # None: the body is not an object
+Delivered = tuple[AbstractIncomingMessage, Event | str]  # str: why the body is refused
 Healthy = Callable[[], Awaitable[bool]]
 PROBE_MAX = 5.0  # seconds between health probes while paused, at most (the lag after an outage)
 PROBE_TIMEOUT = 5.0  # a probe that takes longer counts as not answering
@@ -200,7 +201,7 @@ class Consumer:
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         # No await before the message is queued: deliveries are queued in arrival order.
         # The body is parsed here, once, for the partition key and the handler.
-        event = parse_object(message.body)
+        event = parse_event(message.body)
         key = self._key(event)
         if key is None:
             self._spawn(self._process((message, event)))
@@ -212,8 +213,8 @@ class Consumer:
         self._partitions[key] = deque([(message, event)])
         self._spawn(self._run_partition(key))
 
-    def _key(self, event: Event | None) -> str | None:
-        if self._partition_key is None or event is None:
+    def _key(self, event: Event | str) -> str | None:
+        if self._partition_key is None or isinstance(event, str):
             return None
         try:
             return self._partition_key(event)
@@ -239,8 +240,8 @@ class Consumer:
         metrics.events_total.labels("consumed").inc()
         headers = message.headers or {}
         attempt = header_int(headers.get(H_ATTEMPT), 1)
-        if event is None:
-            await self._dead_letter(message, "body is not a UTF-8 JSON object", attempt)
+        if isinstance(event, str):
+            await self._dead_letter(message, event, attempt)
             return
         try:
             await self._handle(event, attempt)

@@ -42,8 +42,8 @@ def dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
     headers = message.headers or {}
     event = parse_object(message.body) or {}
     routing_key = original_routing_key(message)
-    event_id = event.get("id") if isinstance(event.get("id"), str) else None
-    event_type = event.get("type") if isinstance(event.get("type"), str) else None
+    event_id = _shown(event.get("id"))
+    event_type = _shown(event.get("type"))
     attempts = header_int(headers.get(H_ATTEMPTS), 0) or None
     return DeadLetter(
         event_id=event_id or message.message_id,
@@ -55,6 +55,15 @@ def dead_letter(message: AbstractIncomingMessage) -> DeadLetter:
         body=message.body,
         message_id=message.message_id,
     )
+
+
+def _shown(value: Any, limit: int = 128) -> str | None:
+    """A string from a dead letter's body, fit for an operator's terminal: printable, at most
+    `limit` characters (a letter is dead because its body may be anything)."""
+    if not isinstance(value, str) or not value:
+        return None
+    text = "".join(c if c.isprintable() else "?" for c in value[:limit])
+    return text + ("…" if len(value) > limit else "")
 
 
 def _broker_reason(headers: dict[str, Any]) -> str:

@@ -9,6 +9,7 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from bot.broker.topology import CRM_HEADERS, EXCHANGE, H_ROUTING_KEY
+from bot.lib import bounded_json
 
 # Headers RabbitMQ adds when it dead-letters or redelivers; dropped from copies we publish.
 BROKER_HEADERS = (
@@ -74,13 +75,19 @@ def copy_message(
     )
 
 
-def parse_object(body: bytes) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when it is not UTF-8 JSON holding an object."""
+def parse_event(body: bytes) -> dict[str, Any] | str:
+    """The body as a JSON object, or the reason it is not one within the limits of
+    bot/lib/bounded_json (size, depth, UTF-8): such a body is dead-lettered with that reason."""
     try:
-        value = json.loads(body.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        return None
-    return value if isinstance(value, dict) else None
+        return bounded_json.loads_object(body)
+    except bounded_json.JsonRefused as exc:
+        return f"body refused: {exc}"
+
+
+def parse_object(body: bytes) -> dict[str, Any] | None:
+    """The body as a JSON object, or None when it is not one within the limits."""
+    event = parse_event(body)
+    return event if isinstance(event, dict) else None
 
 
 def customer_partition_key(event: dict[str, Any]) -> str | None:

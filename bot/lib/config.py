@@ -30,6 +30,8 @@ class Settings(BaseSettings):
     crm_master_keys: str | None = None
     crm_config: str | None = None
     port: int = Field(default=3000, ge=1, le=65535)
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_token: str | None = None
 
     def require(self, *names: str) -> tuple[str, ...]:
         """The values of these settings, in order; a ConfigError naming every one unset."""
@@ -57,6 +59,10 @@ SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 SLACK_USERGROUP = re.compile(r"^S[A-Z0-9]{2,}$")
 DEPT_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 APPROVAL_KINDS = ("discount", "refund", "credit", "exception")
+# A department's name is the text of a menu option in the handoff modal (blocks.select_input),
+# which Slack caps at 75 characters and refuses the whole modal over; everywhere else it is
+# shown (section text, headers clipped to 150) has room for more. A blank name shows nothing.
+DEPT_NAME_MAX = 75
 
 
 class _Strict(BaseModel):
@@ -71,6 +77,17 @@ class Department(_Strict):
     usergroup: str | None = None
     leads: tuple[str, ...] = ()
     approval_limit: float | None = Field(default=None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is blank: Slack would show an empty menu option")
+        if len(v) > DEPT_NAME_MAX:
+            raise ValueError(
+                f"is {len(v)} characters: Slack shows at most {DEPT_NAME_MAX} in a menu option"
+            )
+        return v
 
     @field_validator("channel")
     @classmethod
@@ -122,6 +139,87 @@ class SyncRules(_Strict):
         default=(1.0, 5.0, 30.0), min_length=1, max_length=10
     )
     max_attempts: int = Field(default=5, ge=1, le=50)
+    # A channel is in a storm when more alert messages are due there than this: its alerts
+    # then go into one roll-up message per coalescing window. Unset: what the channel's budget
+    # (one message per second) posts in one window; without a window (coalesce_seconds = 0),
+    # no roll-ups unless this is set.
+    storm_threshold: int | None = Field(default=None, ge=1)
+
+    def storm_over(self) -> int | None:
+        """The threshold in force (None: roll-ups off)."""
+        if self.storm_threshold is not None:
+            return self.storm_threshold
+        return max(1, int(self.coalesce_seconds)) if self.coalesce_seconds > 0 else None
+
+
+class PipelineRules(_Strict):
+    # Departments whose members see deal values, names and invoice totals (in `/crm pipeline`
+    # and their digests); None: every department. The access model will take this over.
+    values: tuple[str, ...] | None = None
+
+
+DIGEST_CONTENT = (
+    "pipeline",
+    "won_lost",
+    "overdue_invoices",
+    "escalations",
+    "handoffs_waiting",
+    "approvals_decided",
+)
+SCHEDULE = re.compile(
+    r"^(?:(?P<days>(?:mon|tue|wed|thu|fri|sat|sun)(?:,(?:mon|tue|wed|thu|fri|sat|sun))*)|daily)"
+    r" (?P<hh>[01]\d|2[0-3]):(?P<mm>[0-5]\d)$"
+)
+
+
+class Digest(_Strict):
+    """A scheduled summary: for a department (posted in its channel, built from what it may
+    see) or for a channel (no values: nobody's access applies to a channel)."""
+
+    name: str | None = None  # stable key of the digest (its periods are remembered by it)
+    department: str | None = None
+    channel: str | None = None
+    schedule: str  # "mon 08:00", "mon,thu 08:00", "daily 18:00"
+    timezone: str = "UTC"
+    content: tuple[str, ...] = DIGEST_CONTENT
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, v: str) -> str:
+        v = " ".join(v.lower().split())
+        if not SCHEDULE.match(v):
+            raise ValueError(f"{v!r} is not a schedule like 'mon 08:00' or 'daily 18:00'")
+        return v
+
+    @field_validator("timezone")
+    @classmethod
+    def _zone(cls, v: str) -> str:
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        try:
+            ZoneInfo(v)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"{v!r} is not a time zone (like Europe/Berlin)") from None
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _content(cls, v: tuple[str, ...]) -> tuple[str, ...]:
+        for item in v:
+            if item not in DIGEST_CONTENT:
+                raise ValueError(f"{item!r} is not one of {', '.join(DIGEST_CONTENT)}")
+        return v
+
+    @field_validator("channel")
+    @classmethod
+    def _channel(cls, v: str | None) -> str | None:
+        if v is not None and not SLACK_CHANNEL.match(v):
+            raise ValueError(f"{v!r} is not a Slack channel id (like C0SALES01)")
+        return v
+
+    @property
+    def key(self) -> str:
+        return (self.name or f"{self.department or self.channel}:{self.schedule}")[:64]
 
 
 class CrmConfig(_Strict):
@@ -130,6 +228,8 @@ class CrmConfig(_Strict):
     approvals: ApprovalRules = ApprovalRules()
     alerts: tuple[AlertRule, ...] = ()
     sync: SyncRules = SyncRules()
+    pipeline: PipelineRules = PipelineRules()
+    digests: tuple[Digest, ...] = ()
 
     def department(self, key: str) -> Department | None:
         return self.departments.get(key)
@@ -144,20 +244,41 @@ def parse_config(text: str, source: str = "CRM_CONFIG") -> CrmConfig:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{source}: {exc}") from None
-    for key, dept in (raw.get("departments") or {}).items():
-        if isinstance(dept, dict):
-            dept.setdefault("key", key)
+    departments = raw.get("departments")
+    if isinstance(departments, dict):
+        for key, dept in departments.items():
+            if isinstance(dept, dict):
+                dept.setdefault("key", key)
     try:
         config = CrmConfig.model_validate(raw)
     except ValidationError as exc:
         err = exc.errors()[0]
         loc = [str(p) for p in err["loc"]]
         line = _line_of(text, loc)
+        if "type" in err and err["type"].endswith("_type"):  # e.g. dict_type, string_type
+            line = line or _line_of(text, loc[:1])
         where = f"{source}, line {line}" if line else source
-        msg = err["msg"].removeprefix("Value error, ")
+        msg = _toml_words(err["msg"].removeprefix("Value error, "))
         raise ConfigError(f"{where}: {'.'.join(loc)}: {msg}") from None
     _check_references(config, text, source)
     return config
+
+
+# pydantic names Python types; the file is TOML: say table and list (array).
+_TOML_TYPES = (
+    (re.compile(r"^Input should be a valid dictionary.*"), "must be a table ([section] or { })"),
+    (re.compile(r"^Input should be a valid (tuple|list).*"), "must be a list ([ ... ])"),
+    (re.compile(r"^Input should be a valid string.*"), "must be text in quotes"),
+    (re.compile(r"^Input should be a valid (number|integer).*"), "must be a number"),
+    (re.compile(r"^Input should be a valid boolean.*"), "must be true or false"),
+)
+
+
+def _toml_words(msg: str) -> str:
+    for pattern, words in _TOML_TYPES:
+        if pattern.match(msg):
+            return words
+    return msg
 
 
 def _check_references(config: CrmConfig, text: str, source: str) -> None:
@@ -178,6 +299,22 @@ def _check_references(config: CrmConfig, text: str, source: str) -> None:
                 raise ConfigError(
                     f"{source}, line {line}: alerts[{i}].notify: unknown department {name!r}"
                 )
+    for name in config.pipeline.values or ():
+        if name not in config.departments:
+            raise ConfigError(f"{source}: pipeline.values: unknown department {name!r}")
+    keys = set()
+    for i, digest in enumerate(config.digests):
+        line = _line_of(text, ["digests", str(i)])
+        where = f"{source}, line {line}" if line else source
+        if (digest.department is None) == (digest.channel is None):
+            raise ConfigError(f"{where}: digests[{i}]: give a department or a channel (one)")
+        if digest.department and digest.department not in config.departments:
+            raise ConfigError(
+                f"{where}: digests[{i}].department: unknown department {digest.department!r}"
+            )
+        if digest.key in keys:
+            raise ConfigError(f"{where}: digests[{i}]: two digests named {digest.key!r}")
+        keys.add(digest.key)
     for kind, name in config.approvals.department.items():
         if kind not in APPROVAL_KINDS:
             raise ConfigError(f"{source}: approvals.department: unknown kind {kind!r}")
@@ -222,4 +359,6 @@ def load_config(path: str | None) -> CrmConfig:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"CRM_CONFIG: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 (byte {exc.start})") from None
     return parse_config(text, source=path)

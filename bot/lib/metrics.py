@@ -23,6 +23,23 @@ slack_api_calls_total = Counter(
     ["method", "outcome"],
     registry=REGISTRY,
 )
+slack_ratelimited_total = Counter(
+    "crm_slack_ratelimited_total",
+    "Answers 429 (rate limited) from Slack, by Web API method",
+    ["method"],
+    registry=REGISTRY,
+)
+alert_backlog = Gauge(
+    "crm_alert_backlog",
+    "Alerts waiting to be posted, per channel (as the channel's owner last saw them)",
+    ["channel"],
+    registry=REGISTRY,
+)
+alerts_rolled_up_total = Counter(
+    "crm_alerts_rolled_up_total",
+    "Sync alerts delivered in a channel's storm roll-up instead of the customer's thread",
+    registry=REGISTRY,
+)
 events_total = Counter(
     "crm_sync_events_total",
     "Sync events by outcome: consumed, applied, stale, duplicate, retried, dead_lettered",

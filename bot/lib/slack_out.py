@@ -1,15 +1,19 @@
 """Every Slack Web API call the bot makes goes through `SlackOut`.
 
-It paces posts per channel (Slack allows about one message per second per channel, after a
-short burst), keeps their order, lets slack_sdk's retry handlers deal with 429 (Retry-After),
-5xx and dropped connections, cuts text and Block Kit to Slack's limits, counts every call in
-`crm_slack_api_calls_total`, and turns a final failure into a `SlackError` with a kind from a
-short closed list, so the caller decides between retrying later and giving up.
+It paces posts per channel on a budget (bot/lib/pacing.py: Slack allows about one message
+per second per channel, after a short burst; with replicas the budget is shared in the
+database), keeps their order, waits out a post's 429 on that budget (so every replica waits
+for the channel), lets slack_sdk's retry handlers deal with other calls' 429s, 5xx and dropped
+connections, counts every 429 by method in `crm_slack_ratelimited_total`, cuts text and Block
+Kit to Slack's limits, counts every call in `crm_slack_api_calls_total`, and turns a final
+failure into a `SlackError` with a kind from a short closed list, so the caller decides
+between retrying later and giving up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import time
@@ -20,7 +24,6 @@ from typing import Any
 
 import aiohttp
 from slack_sdk.errors import SlackApiError
-from slack_sdk.http_retry.async_handler import AsyncRetryHandler
 from slack_sdk.http_retry.builtin_async_handlers import (
     AsyncConnectionErrorRetryHandler,
     AsyncRateLimitErrorRetryHandler,
@@ -32,7 +35,8 @@ from slack_sdk.http_retry.jitter import Jitter
 from slack_sdk.web.async_client import AsyncWebClient
 from slack_sdk.web.async_slack_response import AsyncSlackResponse
 
-from bot.lib.metrics import slack_api_calls_total
+from bot.lib.metrics import slack_api_calls_total, slack_ratelimited_total
+from bot.lib.pacing import Budget, LocalBudget
 
 log = logging.getLogger(__name__)
 
@@ -80,16 +84,22 @@ _ALIASES = {
 
 
 POST_KEY_EVENT = "crm_bot_post"
+# A post's HTTP attempt ends within this many seconds (answered or abandoned): the delivery
+# lease of a channel (handlers/sync/delivery.py) outlasts it, so a post under way always ends
+# before another replica may take the channel over.
+POST_TIMEOUT = 10
+
 CLOCK_SKEW = 60.0  # seconds: how far Slack's clock may be behind ours when we look for a post
 
 
 class SlackError(Exception):
     """A Web API call that failed for good; `kind` is one of `KINDS`."""
 
-    def __init__(self, kind: str, method: str, detail: str = "") -> None:
+    def __init__(self, kind: str, method: str, detail: str = "", retry_after: float = 1.0) -> None:
         self.kind = kind if kind in KINDS else "other"
         self.method = method
         self.detail = detail
+        self.retry_after = retry_after  # seconds, for a 429
         super().__init__(f"{method}: {self.kind}" + (f" ({detail})" if detail else ""))
 
     @property
@@ -113,6 +123,30 @@ def error_kind(error: Exception) -> tuple[str, str]:
     if isinstance(error, aiohttp.ClientError | asyncio.TimeoutError | OSError):
         return "connection_error", type(error).__name__
     return "other", type(error).__name__
+
+
+def retry_after(error: Exception) -> float:
+    """Slack's Retry-After (seconds) of a 429 answer; 1 when it names none."""
+    headers = getattr(getattr(error, "response", None), "headers", None) or {}
+    for name, value in headers.items():
+        if name.lower() == "retry-after":
+            value = value[0] if isinstance(value, list) else value
+            try:
+                return max(0.0, float(value))
+            except ValueError:
+                break
+    return 1.0
+
+
+class CountingRateLimitHandler(AsyncRateLimitErrorRetryHandler):
+    """slack_sdk's 429 retry (after Retry-After), counting each 429 by method first."""
+
+    async def prepare_for_next_attempt_async(self, *, state, request, response=None, error=None):
+        method = request.url.rstrip("/").rsplit("/", 1)[-1]
+        slack_ratelimited_total.labels(method).inc()
+        await super().prepare_for_next_attempt_async(
+            state=state, request=request, response=response, error=error
+        )
 
 
 class ProportionalJitter(Jitter):
@@ -143,7 +177,7 @@ def make_client(
         timeout=timeout,
         session=session,
         retry_handlers=[
-            AsyncRateLimitErrorRetryHandler(max_retry_count=max_retries),
+            CountingRateLimitHandler(max_retry_count=max_retries),
             AsyncServerErrorRetryHandler(max_retry_count=max_retries, interval_calculator=interval),
             AsyncConnectionErrorRetryHandler(
                 max_retry_count=max_retries, interval_calculator=interval
@@ -153,9 +187,26 @@ def make_client(
 
 
 # -- cutting to Slack's limits -------------------------------------------------------------
+MAX_ENTITY = len("&amp;") - 1  # how far back an entity cut at `end` can start
+
+
 def cut(text: str, limit: int) -> str:
-    """`text` shortened to at most `limit` characters, ending in an ellipsis when cut."""
-    return text if len(text) <= limit else text[: limit - 1] + ELLIPSIS
+    """`text` shortened to at most `limit` characters, ending in an ellipsis when cut.
+
+    The text is mrkdwn, already escaped (bot/lib/blocks `esc`), so it is cut only between
+    entities and markup: never inside `&amp;` (Slack would show `&am…`) or inside the bot's
+    own `<@U..>`, `<!date^..>` or `<https://..|..>` (a broken token shows its syntax)."""
+    if len(text) <= limit:
+        return text
+    end = limit - 1
+    head = text[:end]
+    amp = head.rfind("&")
+    if amp != -1 and amp >= end - MAX_ENTITY and ";" not in head[amp:]:
+        end = amp
+    lt = head.rfind("<", 0, end)
+    if lt != -1 and ">" not in head[lt:end]:
+        end = lt
+    return text[:end] + ELLIPSIS
 
 
 def _cut_text_obj(obj: Any, limit: int) -> None:
@@ -235,36 +286,21 @@ def fit_to_limits(
     return cut(plain, MAX_TEXT), fitted
 
 
-# -- pacing --------------------------------------------------------------------------------
-class _ChannelPacer:
-    """Token bucket for one channel; its lock also keeps that channel's posts in order."""
-
-    def __init__(self, interval: float, burst: int) -> None:
-        self.interval = interval
-        self.burst = burst
-        self.tokens = float(burst)
-        self.updated = time.monotonic()
-        self.lock = asyncio.Lock()
-
-    async def wait_turn(self) -> None:
-        """Call with `lock` held: returns when one more post fits the rate."""
-        now = time.monotonic()
-        self.tokens = min(float(self.burst), self.tokens + (now - self.updated) / self.interval)
-        self.updated = now
-        if self.tokens < 1.0:
-            await asyncio.sleep((1.0 - self.tokens) * self.interval)
-            self.tokens, self.updated = 1.0, time.monotonic()
-        self.tokens -= 1.0
-
-
 class SlackOut:
     def __init__(
-        self, client: AsyncWebClient, per_channel_interval: float = 1.0, burst: int = 3
+        self,
+        client: AsyncWebClient,
+        per_channel_interval: float = 1.0,
+        burst: int = 1,
+        budget: Budget | None = None,
     ) -> None:
+        """Posts are paced on `budget` (a `LocalBudget` of one post per `per_channel_interval`
+        after `burst` when None; no pacing when the interval is 0)."""
         self.client = client
         self.per_channel_interval = per_channel_interval
         self.burst = max(1, burst)
-        self._pacers: dict[str, _ChannelPacer] = {}
+        self.budget: Budget = budget or LocalBudget(per_channel_interval, self.burst)
+        self._order: dict[str, asyncio.Lock] = {}  # keeps one process's posts per channel in order
         self._once: tuple[AsyncWebClient, AsyncWebClient] | None = None
 
     async def _call(
@@ -275,6 +311,9 @@ class SlackOut:
         except Exception as exc:
             kind, detail = error_kind(exc)
             slack_api_calls_total.labels(method, kind).inc()
+            if kind == "ratelimited":
+                slack_ratelimited_total.labels(method).inc()
+                raise SlackError(kind, method, detail, retry_after(exc)) from exc
             log.warning("Slack %s failed: %s (%s)", method, kind, detail)
             raise SlackError(kind, method, detail) from exc
         slack_api_calls_total.labels(method, "ok").inc()
@@ -289,8 +328,14 @@ class SlackOut:
         reply_broadcast: bool = False,
         key: str | None = None,
         tried_at: float | None = None,
+        guard: Callable[[], Awaitable[None]] | None = None,
     ) -> dict[str, Any]:
         """chat.postMessage, paced per channel; returns {"channel", "ts"}.
+
+        `guard` runs right before each attempt to send (after the wait for the budget) and
+        may raise to stop the post: the alert delivery renews its channel lease there, so a
+        process that lost the channel while waiting posts nothing. A 429 holds the channel's
+        budget for its Retry-After (every replica waits) and the post waits its turn again.
 
         Every post carries a key in its metadata (`key`, or a fresh one) and is made at most
         once: when Slack's answer is lost (a 5xx, a dropped connection) the message may have
@@ -317,18 +362,33 @@ class SlackOut:
             args["thread_ts"] = thread_ts
             if reply_broadcast:
                 args["reply_broadcast"] = True
-        if self.per_channel_interval <= 0:
-            data = await self._post_once(args, key)
-        else:
-            pacer = self._pacers.get(channel)
-            if pacer is None:
-                pacer = self._pacers[channel] = _ChannelPacer(self.per_channel_interval, self.burst)
-            async with pacer.lock:
-                await pacer.wait_turn()
-                data = await self._post_once(args, key)
+        lock = self._order.get(channel)
+        if lock is None:
+            lock = self._order[channel] = asyncio.Lock()
+        async with lock if self.per_channel_interval > 0 else contextlib.nullcontext():
+            attempt = 0
+            while True:
+                await self._wait_turn(channel)
+                try:
+                    data = await self._post_once(args, key, guard)
+                    break
+                except SlackError as exc:
+                    if exc.kind != "ratelimited" or attempt >= self._rate_retries():
+                        raise
+                    await self.budget.hold(channel, time.time() + exc.retry_after)
+                attempt += 1
         return {"channel": data.get("channel", channel), "ts": data.get("ts", "")}
 
-    async def _post_once(self, args: dict[str, Any], key: str) -> dict[str, Any]:
+    async def _wait_turn(self, channel: str) -> None:
+        if self.per_channel_interval <= 0:
+            return
+        wait = await self.budget.reserve(channel) - time.time()
+        if wait > 0:
+            await asyncio.sleep(wait)
+
+    async def _post_once(
+        self, args: dict[str, Any], key: str, guard: Callable[[], Awaitable[None]] | None = None
+    ) -> dict[str, Any]:
         """Post, and after an answer that leaves the outcome unknown, look for the key before
         posting again (on the client's own 5xx schedule)."""
         channel, thread_ts = args["channel"], args.get("thread_ts")
@@ -337,6 +397,8 @@ class SlackOut:
         client = self._once_client()
         attempt = 0
         while True:
+            if guard is not None:
+                await guard()
             try:
                 return await self._call("chat.postMessage", lambda: client.chat_postMessage(**args))
             except SlackError as exc:
@@ -350,23 +412,27 @@ class SlackOut:
             attempt += 1
 
     def _once_client(self) -> AsyncWebClient:
-        """`client` without the retries that could repeat a post Slack may have made (after a
-        5xx or a dropped connection); 429s are still retried: Slack refused those."""
+        """`client` without retries: a 5xx or a dropped connection may hide a post Slack made
+        (`_post_once` looks for it first), and a 429 waits on the channel's budget (`post`).
+        Each attempt ends within POST_TIMEOUT."""
         if self._once is None or self._once[0] is not self.client:
             c = self.client
-            limits = AsyncRateLimitErrorRetryHandler
-            handlers: list[AsyncRetryHandler] = [
-                h for h in c.retry_handlers if isinstance(h, limits)
-            ]
             once = AsyncWebClient(
                 token=c.token,
                 base_url=c.base_url,
-                timeout=c.timeout,
+                timeout=min(c.timeout, POST_TIMEOUT),
                 session=c.session,
-                retry_handlers=handlers,
+                retry_handlers=[],
             )
             self._once = (c, once)
         return self._once[1]
+
+    def _rate_retries(self) -> int:
+        """How often a post Slack answered 429 is tried again: the client's count for 429s."""
+        for handler in self.client.retry_handlers:
+            if isinstance(handler, AsyncRateLimitErrorRetryHandler):
+                return handler.max_retry_count
+        return 0
 
     def _resend_schedule(self) -> tuple[int, RetryIntervalCalculator]:
         """How often, and after what waits, the client retries a 5xx: keyed posts follow it."""
@@ -433,6 +499,31 @@ class SlackOut:
             args["hash"] = hash
         data = await self._call("views.update", lambda: self.client.views_update(**args))
         return dict(data.get("view") or {})
+
+    async def upload(
+        self,
+        channel: str,
+        content: bytes,
+        *,
+        filename: str,
+        title: str,
+        thread_ts: str | None = None,
+    ) -> str:
+        """Share a file in a channel (or thread) with Slack's upload flow
+        (files.getUploadURLExternal, the upload, files.completeUploadExternal: slack_sdk's
+        `files_upload_v2`); returns the file id."""
+        data = await self._call(
+            "files.completeUploadExternal",
+            lambda: self.client.files_upload_v2(
+                content=content,
+                filename=filename,
+                title=title,
+                channel=channel,
+                thread_ts=thread_ts,
+            ),
+        )
+        files = data.get("files") or [{}]
+        return str(files[0].get("id") or "")
 
     async def publish_home(self, user: str, view: dict[str, Any]) -> dict[str, Any]:
         fitted = self._fit_view(view)

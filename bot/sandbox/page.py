@@ -15,6 +15,12 @@
 
 The page acts as whichever demo user is selected; everything reaching the bot goes through
 `SlackClientSim`, so the bot only ever sees signed HTTP, as from Slack.
+
+Only its own page may use it (`same_site_only`): every request must name the sandbox's own
+address in `Host` (127.0.0.1 or localhost, its port), so a DNS-rebinding page cannot read
+cards through /ui/state; a POST must be `application/json` (a cross-site form or "simple"
+request cannot send that without a CORS preflight, which is never answered) and, when the
+browser says where it comes from (`Origin`), come from that address.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import mimetypes
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -81,6 +88,24 @@ class Page:
         app.router.add_post("/ui/close", self.close_view)
         app.router.add_post("/ui/home", self.home)
         app.on_shutdown.append(self._end_streams)
+        app.middlewares.append(self.same_site_only)
+
+    def _own_hosts(self) -> set[str]:
+        port = urlsplit(self.sandbox.url).port
+        return {f"127.0.0.1:{port}", f"localhost:{port}", f"[::1]:{port}"}
+
+    @web.middleware
+    async def same_site_only(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        hosts = self._own_hosts()
+        if request.host.lower() not in hosts:
+            raise web.HTTPForbidden(text="this sandbox answers only at its own address\n")
+        if request.method == "POST" and request.path.startswith("/ui/"):
+            origin = request.headers.get("Origin")
+            if origin is not None and urlsplit(origin).netloc.lower() not in hosts:
+                raise web.HTTPForbidden(text="requests from other sites are refused\n")
+            if request.content_type != "application/json":
+                raise web.HTTPUnsupportedMediaType(text="send application/json\n")
+        return await handler(request)
 
     # -- pages -------------------------------------------------------------------------
     async def index(self, request: web.Request) -> web.FileResponse:

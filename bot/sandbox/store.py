@@ -77,6 +77,7 @@ class Store:
         self.triggers: dict[str, tuple[str, float]] = {}  # trigger_id -> (user, issued)
         self.response_urls: dict[str, dict[str, Any]] = {}  # token -> context
         self._calls: list[Call] = []
+        self.files: dict[str, Any] = {}  # file id -> bot.sandbox.files.StoredFile
         self._last_ts_us = 0
         self._seq = 0
         self._queues: list[asyncio.Queue[dict[str, Any]]] = []

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 from datetime import timedelta
 from typing import Any
 
+from bot.lib.blocks import esc
 from bot.lib.blocks.approvals import ApprovalView, outcome_text, request_message
 from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import parse_approval_id
@@ -149,7 +150,7 @@ async def create(
             else None
         )
         if customer is None or customer.erased_at is not None:
-            raise NotFound(f"No customer `{customer_ref or customer_id}`.")
+            raise NotFound(f"No customer `{esc(str(customer_ref or customer_id)[:80])}`.")
         approval_id = new_id()
         row = await Approvals(session).create(
             approval_id=approval_id,

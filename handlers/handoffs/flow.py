@@ -14,6 +14,7 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
+from bot.lib.blocks import esc, link
 from bot.lib.blocks import handoffs as render
 from bot.lib.blocks.customers import label
 from bot.lib.errors import NotFound, UserError
@@ -114,7 +115,7 @@ async def _find_customer(repo: Customers, req: NewHandoff) -> Customer:
         shown = "that customer"
     else:
         customer = await repo.by_ref(req.customer_ref or "")
-        shown = f"`{(req.customer_ref or '')[:80]}`"
+        shown = f"`{esc((req.customer_ref or '')[:80])}`"
     if customer is None or customer.erased_at is not None:
         raise NotFound(f"I know no customer {shown} (use an email address or an external id).")
     return customer
@@ -442,8 +443,9 @@ async def with_links(deps: Deps, records: list[HandoffRecord]):
 
 
 def confirmation(created: Created) -> str:
-    where = f"<{created.link}|the handoff>" if created.link else "the handoff"
+    where = link(created.link, "the handoff")
     return (
-        f"Handed *{label(created.record.customer)}* off to {created.to_name}: see {where}. "
+        f"Handed *{esc(label(created.record.customer))}* off to {esc(created.to_name)}: "
+        f"see {where}. "
         "Each step will be posted in its thread."
     )

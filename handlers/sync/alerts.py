@@ -177,6 +177,7 @@ class Pending:
     placement: str = THREAD
     broadcast: bool = False
     tried: Tried | None = None  # the delivery round that set out to post it, if one did
+    created: datetime | None = None  # when the event was applied (its alert's age)
 
 
 @dataclass(frozen=True)

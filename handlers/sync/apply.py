@@ -3,8 +3,8 @@
 For each message (`handle(event, attempt)`, called by bot/broker's Consumer with the body
 parsed as a JSON object, one customer's events in arrival order):
 
-1. validate against `crm.sync/1` (`InvalidEvent` -> dead-lettered at once with the
-   reason); events from our own outbox (`source` = `crm-bot`) are ignored;
+1. validate against `crm.sync/1` and what storage can hold (`InvalidEvent` -> dead-lettered
+   at once with the reason); events from our own outbox (`source` = `crm-bot`) are ignored;
 2. in ONE transaction (shared with the other customers' events waiting at that moment: a
    group commit; an event that fails it is then applied alone, so only it is retried):
    skip if the event id was processed (a duplicate); upsert the customer
@@ -19,12 +19,19 @@ parsed as a JSON object, one customer's events in arrival order):
 
 Decisions where the contract is silent:
 
-- Which types may create a customer: `customer.upserted`, and `lead.qualified` (a lead is how
-  a customer first appears in the marketing system). Every other type needs a customer the bot
-  already holds. An unknown one is `UnknownCustomer`, retried through the retry queues and
-  dead-lettered only after the last attempt: its creating event may still be on its way (sent
-  out of order, or being applied by another replica at that moment). An erased one is
-  `InvalidEvent` at once (only `customer.upserted` brings an erased customer back).
+- Which events create a customer: `customer.upserted` and `lead.qualified` always, and any
+  other type whose `customer` carries a name or an email (the helpdesk often knows a customer
+  first), from those fields, with its source clock as for any upsert. An event about an
+  unknown customer with neither creates a bare record (the external id only, and no source
+  clock, so the record's own upsert applies whatever its time) and is applied to it at once:
+  its timeline entry, deal or open item waits there for the record to arrive, and its alert
+  names the external id ("a customer not in the shared records yet"), instead of the event
+  being retried and dead-lettered while sales and service never hear of it. An erased
+  customer stays erased: any type but `customer.upserted` is `InvalidEvent` at once.
+- Deals and open items (storage/deals.py): `deal.stage_changed` keeps the deal as a row, with
+  the deal's own per-source clock; `invoice.overdue`/`payment.received` and
+  `ticket.escalated`/`ticket.resolved` open and close an item the digests count. When the
+  customer's owner changes, its deals and items follow.
 - `customer.deleted` always erases, whatever its `occurred_at` (an erasure request wins over an
   update); for an unknown customer it leaves a tombstone (an erased record whose source clock
   refuses the older upserts still in flight). Its pending alerts are dropped, not posted.
@@ -58,7 +65,9 @@ from handlers.sync import alerts
 from handlers.sync.delivery import Delivery, settle
 from storage import shared_cards
 from storage import sync_ledger as ledger
+from storage.customer_fields import NotStorable, check_storable
 from storage.customers import Customers
+from storage.deals import ITEM_EVENTS, Deals
 from storage.departments import all_departments
 
 if TYPE_CHECKING:
@@ -69,6 +78,8 @@ log = logging.getLogger(__name__)
 
 OWN_SOURCE = "crm-bot"
 CREATING_TYPES = frozenset({"customer.upserted", "lead.qualified"})
+NOT_YET_SHARED = "a customer not in the shared records yet"
+OWNER_FIELDS = frozenset({"owner_department", "owner_slack_user"})
 # What a shared (redacted) card shows: a change to any of these updates the cards in place.
 CARD_FIELDS = frozenset(
     {"name", "company", "tier", "lifecycle_stage", "owner_department", "owner_slack_user"}
@@ -157,15 +168,20 @@ def _reason(error: ValidationError) -> str:
 
 
 def validate_event(event: dict[str, Any]) -> dict[str, Any]:
-    """`event` when it is valid per `crm.sync/1`; InvalidEvent with the reason otherwise."""
+    """`event` when it is valid per `crm.sync/1` and storable (storage/customer_fields
+    `check_storable`: no NUL or lone surrogate, numbers within their columns); InvalidEvent
+    with the reason otherwise, so it is dead-lettered on its first attempt instead of failing
+    five transactions as if the database were at fault."""
     try:
         fast_validator()(event)
-        return event
     except fastjsonschema.JsonSchemaValueException:
-        pass
-    error = best_match(validator().iter_errors(event))
-    if error is not None:
-        raise InvalidEvent(_reason(error))
+        error = best_match(validator().iter_errors(event))
+        if error is not None:
+            raise InvalidEvent(_reason(error)) from None
+    try:
+        check_storable(event)
+    except NotStorable as exc:
+        raise InvalidEvent(f"not storable: {exc}") from None
     return event
 
 
@@ -255,7 +271,9 @@ class Sync:
             with_cards = await shared_cards.customers_with_cards(
                 session, [c.id for c in customers.preloaded()]
             )
-            batch = _Batch(session, customers, ledger.Writes(self.deps.vault), with_cards)
+            deals = Deals(session, self.deps.vault)
+            await deals.preload(events)
+            batch = _Batch(session, customers, ledger.Writes(self.deps.vault), with_cards, deals)
             # The batch's rows are written together at its end (an executemany per table),
             # not statement by statement.
             with session.no_autoflush:
@@ -265,6 +283,7 @@ class Sync:
                     except (InvalidEvent, UnknownCustomer) as exc:
                         results.append(exc)
             await customers.write_batch()
+            await batch.deals.write(batch.owner_changed.values())
             await batch.writes.write(session)
             await shared_cards.mark_stale(session, batch.stale_cards)
         return results
@@ -283,18 +302,22 @@ class Sync:
             customer = await self._erase(customers, existing, external_id, source, occurred_at)
             outcome, changed = APPLIED, set(CARD_FIELDS)
         else:
-            if existing is None and kind not in CREATING_TYPES:
-                raise UnknownCustomer(f"unknown customer {external_id!r} for {kind}")
             erased = existing is not None and existing.erased_at is not None
             if erased and kind != "customer.upserted":
                 raise InvalidEvent(f"customer {external_id!r} was erased; {kind} refused")
             fields = {k: v for k, v in event["customer"].items() if k != "external_id"}
+            unshared = existing is None and not _creates(kind, fields)
             result = await customers.upsert(
                 external_id, fields, source=source, occurred_at=occurred_at
             )
             customer = result.customer
+            if unshared:  # its own record, when it comes, applies whatever its time
+                customer.source_clock = {}
             outcome = APPLIED if result.applied else STALE
             changed = result.changed if result.applied and not result.created else set()
+            if changed & OWNER_FIELDS:
+                batch.owner_changed[customer.id] = customer
+            await self._apply_business(batch, customer, event, source, occurred_at)
         summary = alerts.summary(event)
         batch.writes.add_timeline(
             customer,
@@ -304,12 +327,30 @@ class Sync:
             event_id=event_id,
             summary=summary,
         )
-        routed = await self._add_alerts(batch, customer, event, summary)
+        line = summary
+        if unknown_yet(customer):
+            line = f"{summary} (customer {external_id}: {NOT_YET_SHARED})"
+        routed = await self._add_alerts(batch, customer, event, line)
         batch.writes.mark_processed(event_id, kind, outcome)
         cards = bool(changed & CARD_FIELDS) and customer.id in batch.with_cards
         if cards:
             batch.stale_cards.add(customer.id)
         return Applied(outcome, customer.id, alerts=routed, cards=cards)
+
+    async def _apply_business(
+        self,
+        batch: _Batch,
+        customer: Customer,
+        event: dict[str, Any],
+        source: str,
+        occurred_at: datetime,
+    ) -> None:
+        """The deal or open item an event is about, as its row (storage/deals.py)."""
+        kind, data = event["type"], event.get("data") or {}
+        if kind == "deal.stage_changed":
+            await batch.deals.apply_deal(customer, data, source=source, occurred_at=occurred_at)
+        elif kind in ITEM_EVENTS:
+            await batch.deals.apply_item(customer, kind, data, occurred_at=occurred_at)
 
     async def _already_done(self, session, customers: Customers, external_id: str) -> Applied:
         """A processed event: report what the Slack side may still owe (a crash, or a failed
@@ -375,8 +416,26 @@ class _Batch:
     customers: Customers
     writes: ledger.Writes
     with_cards: set[uuid.UUID]  # the batch's customers that have shared cards
+    deals: Deals
     channels: dict[str, str] | None = None  # department -> channel, loaded when first needed
     stale_cards: set[uuid.UUID] = field(default_factory=set)  # whose cards a change shows on
+    owner_changed: dict[uuid.UUID, Customer] = field(default_factory=dict)
+
+
+def _creates(kind: str, fields: dict[str, Any]) -> bool:
+    """Whether an event about an unknown customer brings the customer's record with it."""
+    return kind in CREATING_TYPES or bool(fields.get("name") or fields.get("email"))
+
+
+def unknown_yet(customer: Customer) -> bool:
+    """A record made from an event that named neither a name nor an email, still waiting for
+    its own: nothing personal on it yet."""
+    return (
+        customer.erased_at is None
+        and customer.name_ct is None
+        and customer.email_ct is None
+        and customer.company_ct is None
+    )
 
 
 def parse_time_or(text: str | None, default: datetime) -> datetime:

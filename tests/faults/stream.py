@@ -233,14 +233,23 @@ class EventStream:
 
 
 def bad_events(stream: EventStream, customer: str) -> list[dict]:
-    """Events that can never apply: each must end in the dead-letter queue, not vanish."""
+    """Events that can never apply: each must end in the dead-letter queue, not vanish. (An
+    unknown customer's event now applies, alerted by external id; one about an erased customer
+    cannot: the erasure leaves a tombstone first.)"""
+    erased = stream.event("customer.deleted", "FC-nobody-00000")
     unknown = stream.event("ticket.escalated", "FC-nobody-00000")
     no_type_fields = stream.event("invoice.overdue", customer)
     no_type_fields["data"] = {"published_at": time.time()}  # fails the schema
-    return [unknown, no_type_fields]
+    return [erased, unknown, no_type_fields]
+
+
+# The block of a thread's top-level message that sums the thread up (it repeats the latest
+# alert, which is posted in the thread): bot/lib/blocks/alerts.LATEST_BLOCK, written out here.
+SUMMARY_BLOCK = "crm_latest"
 
 
 def tokens_in(message: dict) -> set[str]:
-    """Event ids a posted message is about (its text and every block)."""
-    text = str(message.get("text") or "") + json.dumps(message.get("blocks") or [])
+    """Event ids a posted message is about (its text and every block but a thread's summary)."""
+    blocks = [b for b in message.get("blocks") or [] if b.get("block_id") != SUMMARY_BLOCK]
+    text = str(message.get("text") or "") + json.dumps(blocks)
     return set(TOKEN.findall(text))

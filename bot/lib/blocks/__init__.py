@@ -3,13 +3,25 @@
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 Block = dict[str, Any]
 
+# Slack's ids: only these become mentions; anything else is shown as (escaped) text.
+USER_ID = re.compile(r"^[UW][A-Z0-9]{2,20}$")
+CHANNEL_ID = re.compile(r"^[CGD][A-Z0-9]{2,20}$")
+LINK_URL = re.compile(r"^https?://[^\s<>|]+$")
+
 
 def esc(text: object) -> str:
-    """Escape text for mrkdwn (Slack's three control characters)."""
+    """THE function that renders outside text (from the systems of record, from people, from
+    the database) for Slack, in blocks and in the fallback `text` of every post alike: Slack's
+    three control characters become entities, so `<!channel>`, `<@U..>` and
+    `<https://..|..>` in data show as typed and notify or link nothing. Markup the bot makes
+    itself (mentions, links, dates) comes only from `user`, `channel`, `link` and `date`
+    below. Cut escaped text only with bot/lib/slack_out's `cut`, which never splits an
+    entity."""
     return str(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
@@ -61,11 +73,24 @@ def actions(*elements: Block, block_id: str | None = None) -> Block:
 
 
 def user(user_id: str | None) -> str:
-    return f"<@{user_id}>" if user_id else "nobody"
+    """A mention, only of a Slack user id (an owner from a system of record may be anything)."""
+    if not user_id:
+        return "nobody"
+    return f"<@{user_id}>" if USER_ID.match(user_id) else esc(user_id)
 
 
 def channel(channel_id: str | None) -> str:
-    return f"<#{channel_id}>" if channel_id else "no channel"
+    if not channel_id:
+        return "no channel"
+    return f"<#{channel_id}>" if CHANNEL_ID.match(channel_id) else esc(channel_id)
+
+
+def link(url: str | None, text: str) -> str:
+    """`<url|text>` for a web URL that cannot break out of the link (Slack's permalinks);
+    the text alone otherwise."""
+    if url and LINK_URL.match(url):
+        return f"<{url}|{esc(text)}>"
+    return esc(text)
 
 
 def date(dt) -> str:

@@ -16,6 +16,7 @@ from . import (
     date,
     esc,
     header,
+    link,
     modal,
     section,
     select_input,
@@ -92,7 +93,7 @@ def outcome_line(a: ApprovalView) -> str:
 
 def request_message(a: ApprovalView) -> tuple[str, list[Block]]:
     """(fallback text, blocks) of the message in the approving department's channel."""
-    text = f"Approval request: {what(a)} for {customer_label(a)} ({a.status})"
+    text = f"Approval request: {esc(what(a))} for {esc(customer_label(a))} ({a.status})"
     asked = f"{user(a.requested_by)}" + (
         f" ({esc(a.requester_department)})" if a.requester_department else ""
     )
@@ -128,7 +129,7 @@ def request_message(a: ApprovalView) -> tuple[str, list[Block]]:
 
 def outcome_text(a: ApprovalView) -> str:
     """The reply in the request's thread and the requester's direct message."""
-    who = f"<@{a.requested_by}>"
+    who = user(a.requested_by)
     if a.status == "expired":
         return f"{who} your {what(a)} for {esc(customer_label(a))} expired without a decision."
     line = (
@@ -141,7 +142,7 @@ def outcome_text(a: ApprovalView) -> str:
 
 
 def confirmation(a: ApprovalView, permalink: str | None) -> str:
-    where = f"<{permalink}|its message>" if permalink else "its channel"
+    where = link(permalink, "its message") if permalink else "its channel"
     return (
         f"Asked {esc(a.department)} to approve a {what(a)} for {esc(customer_label(a))}: "
         f"see {where}. You will hear back here and in a direct message."

@@ -16,9 +16,12 @@ from decimal import Decimal
 from typing import TYPE_CHECKING
 
 from . import Block, actions, button, context, date, divider, esc, header, section, user
+from .notes import ADD as ADD_NOTE
+from .notes import notes_section
 
 if TYPE_CHECKING:
     from storage.customers import CustomerRecord
+    from storage.notes import NoteItem
 
 OPEN = "customer_open"
 HANDOFF = "customer_handoff"
@@ -100,7 +103,7 @@ def short_card(record: CustomerRecord) -> list[Block]:
 
 def redacted_card(record: CustomerRecord) -> tuple[str, list[Block]]:
     """(fallback text, blocks) for a channel: no email, phone, value or notes."""
-    text = f"{label(record)}: tier {record.tier or '-'}, stage {record.lifecycle_stage or '-'}"
+    text = f"{esc(label(record))}: {_tier_stage(record)}"
     blocks = [
         section(f"{_title(record)}\n{_tier_stage(record)}\nOwner: {owner(record)}"),
         context(f"`{esc(clip(record.external_id, 80))}` · contact details: `/crm show`"),
@@ -114,8 +117,11 @@ def full_card(
     timeline: Sequence[TimelineItem] = (),
     handoffs: Sequence[HandoffItem] = (),
     approvals: Sequence[ApprovalItem] = (),
+    notes: Sequence[NoteItem] = (),
+    department_names: dict[str, str] | None = None,
 ) -> tuple[str, list[Block]]:
-    """(fallback text, blocks): the whole card, for the asker's eyes only."""
+    """(fallback text, blocks): the whole card, for the asker's eyes only. Notes newest
+    first, each with its author, department and a link to the Slack message."""
     cid = str(record.id)
     fields = [
         f"*Email*\n{esc(clip(record.email, 200) or '-')}",
@@ -137,9 +143,11 @@ def full_card(
     blocks.append(divider())
     blocks.append(section("*Open handoffs*\n" + _lines([_handoff_line(h) for h in handoffs])))
     blocks.append(section("*Pending approvals*\n" + _lines([_approval_line(a) for a in approvals])))
+    blocks.append(notes_section(notes, department_names or {}))
     blocks.append(section("*Latest activity*\n" + _lines([_timeline_line(t) for t in timeline])))
     blocks.append(
         actions(
+            button("Add note", ADD_NOTE, cid),
             button("Hand off", HANDOFF, cid),
             button("Request approval", APPROVAL, cid),
             button("Share to channel", SHARE, cid),
@@ -150,7 +158,7 @@ def full_card(
         blocks.append(context(f"Updated {date(record.updated_at)} · only you can see this card"))
     else:
         blocks.append(context("Only you can see this card"))
-    return f"Customer card: {label(record)}", blocks
+    return f"Customer card: {esc(label(record))}", blocks
 
 
 def _lines(lines: list[str]) -> str:

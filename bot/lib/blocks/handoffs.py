@@ -16,6 +16,7 @@ from . import (
     date,
     esc,
     fields_section,
+    link,
     modal,
     section,
     select_input,
@@ -73,7 +74,7 @@ def handoff_message(
         section("*Why*\n" + (esc(clip(h.note, NOTE_LIMIT)) if h.note else "_no note given_")),
     ]
     if h.context_permalink:
-        blocks.append(context(f"From <{h.context_permalink}|this message>"))
+        blocks.append(context(f"From {link(h.context_permalink, 'this message')}"))
     status = status_line(h, to_name)
     if h.status == "declined" and h.reason:
         status += f"\n>{esc(clip(h.reason, 500))}"
@@ -92,7 +93,7 @@ def handoff_message(
             actions(button("Complete", COMPLETE, hid, style="primary"), block_id=f"handoff:{hid}")
         )
     blocks.append(context(f"Handoff `{hid[:8]}` · updated {date(h.updated_at)}"))
-    text = f"Handoff of {who} to {to_name} from {h.requested_by}: {h.status}"
+    text = f"Handoff of {esc(who)} to {esc(to_name)} from {user(h.requested_by)}: {h.status}"
     return text, blocks
 
 
@@ -100,7 +101,7 @@ def requester_message(
     h: HandoffRecord, *, to_name: str, parent_link: str | None
 ) -> tuple[str, list[Block]]:
     """The message on the requester's side, linking to the handoff."""
-    where = f"<{parent_link}|{esc(to_name)}>" if parent_link else esc(to_name)
+    where = link(parent_link, to_name)
     blocks: list[Block] = [
         section(f":outbox_tray: {user(h.requested_by)} handed a customer off to {where}"),
         *short_card(h.customer),
@@ -111,7 +112,7 @@ def requester_message(
             actions(button("Cancel handoff", CANCEL, str(h.id)), block_id=f"handoff_req:{h.id}")
         )
     blocks.append(context(f"Handoff `{str(h.id)[:8]}` · steps are posted in this thread"))
-    return f"Handoff of {label(h.customer)} to {to_name}: {h.status}", blocks
+    return f"Handoff of {esc(label(h.customer))} to {esc(to_name)}: {h.status}", blocks
 
 
 def step_reply(h: HandoffRecord, actor: str) -> str:
@@ -179,14 +180,14 @@ def decline_modal(h: HandoffRecord, private_metadata: str) -> Block:
     )
 
 
-def handoff_line(h: HandoffRecord, link: str | None, names: dict[str, str]) -> str:
+def handoff_line(h: HandoffRecord, url: str | None, names: dict[str, str]) -> str:
     to = esc(names.get(h.to_department, h.to_department))
     frm = names.get(h.from_department or "", h.from_department or "")
     line = f"• *{esc(label(h.customer))}* → {to}, from {user(h.requested_by)}"
     line += f" ({esc(frm)})" if frm else ""
     line += f" · {esc(h.status)}" + (f" by {user(h.assignee)}" if h.assignee else "")
     line += f" · since {date(h.created_at)}"
-    return line + (f" · <{link}|open>" if link else "")
+    return line + (f" · {link(url, 'open')}" if url else "")
 
 
 def handoff_items(
@@ -205,6 +206,6 @@ def handoff_list(
     title: str, items: list[tuple[HandoffRecord, str | None]], total: int, names: dict[str, str]
 ) -> tuple[str, list[Block]]:
     if not items:
-        return f"{title}: none.", [section(f"*{esc(title)}*: none.")]
+        return f"{esc(title)}: none.", [section(f"*{esc(title)}*: none.")]
     blocks = [section(f"*{esc(title)}* ({total})"), *handoff_items(items, total, names)]
-    return f"{title}: {total}", blocks
+    return f"{esc(title)}: {total}", blocks

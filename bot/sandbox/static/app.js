@@ -135,6 +135,11 @@ function renderMessage(m, channel, {inThread = false, ephemeral = false} = {}) {
   }
   if (m.blocks && m.blocks.length) body.append(renderBlocks(m.blocks, ctx));
   else body.append(el("div", {class: "mrkdwn", html: mrkdwn(m.text)}));
+  for (const f of m.files || []) {  // files shared with files.completeUploadExternal
+    body.append(f.mimetype && f.mimetype.startsWith("image/")
+      ? el("img", {class: "file-image", src: `/files/${f.id}`, alt: f.title || f.name, title: f.title || f.name})
+      : el("a", {class: "link", href: `/files/${f.id}`}, f.title || f.name));
+  }
   if (!inThread && m.reply_count) {
     body.append(el("button", {type: "button", class: "thread-link", onclick: () => openThread(channel, m.ts)},
       el("b", {}, `${m.reply_count} ${m.reply_count === 1 ? "reply" : "replies"}`),
