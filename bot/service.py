@@ -17,7 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_bolt_app, drain, jobs, sync_handler
 from bot.doctor import Check, check_channel
-from bot.http_guard import GuardedSite, close_after_response, raise_fd_limit
+from bot.http_guard import ConnectionGuard, GuardedSite, close_after_response, raise_fd_limit
 from bot.lib.config import ConfigError, CrmConfig, Settings
 from bot.lib.interaction import DrainableLazyRunner
 from bot.lib.metrics import broker_connected
@@ -108,7 +108,7 @@ class BotService:
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.metrics_url = ""  # set when METRICS_PORT serves /metrics apart
-        self.guard = None  # the HTTP server's ConnectionGuard
+        self.guard: ConnectionGuard | None = None  # the HTTP server's
         self._socket: AsyncSocketModeHandler | None = None
         self._tasks: list[asyncio.Task] = []  # the periodic jobs
         self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
@@ -118,7 +118,7 @@ class BotService:
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
         s = self.settings
-        token, _, _ = s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
+        token, secret, _ = s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
         db, vault = await open_storage(s, migrate=migrate)
         async with db.transaction() as session:
             await sync_from_config(session, self.config.departments)
@@ -155,7 +155,7 @@ class BotService:
         web_app = create_web_app(
             bolt,
             self.readiness,
-            signing_secret=s.slack_signing_secret,
+            signing_secret=secret,
             metrics_token=s.metrics_token,
             serve_metrics=s.metrics_port is None,
         )

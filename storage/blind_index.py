@@ -5,9 +5,9 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING
 
-from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import driver_connection
 from .models import BlindIndex
 from .vault import Vault
 
@@ -39,9 +39,7 @@ async def insert_index_rows(session: AsyncSession, rows: list[dict]) -> None:
     # In digest order: consecutive inserts go to neighbouring pages of the digest index.
     rows = sorted(rows, key=lambda r: r["digest"])
     conn = await session.connection()
-    raw = (await conn.get_raw_connection()).driver_connection
-    if raw is None:  # the pool invalidated it: fail like any lost connection (the caller retries)
-        raise DisconnectionError("database connection invalidated")
+    raw = await driver_connection(session)
     if conn.dialect.name == "postgresql":
         records = [tuple(r[c] for c in INDEX_COLUMNS) for r in rows]
         await raw.copy_records_to_table("blind_index", records=records, columns=INDEX_COLUMNS)

@@ -12,11 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any, NamedTuple, cast
+from typing import NamedTuple
 
-from sqlalchemy import CursorResult, bindparam, func, insert, select, tuple_, update
+from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import rowcount
 from .models import (
     AlertDelivery,
     ChannelRollup,
@@ -331,9 +332,7 @@ async def retry_failed(
         stmt = stmt.where(table.c.channel_id.in_(list(channels)))
     if event_ids:
         stmt = stmt.where(table.c.event_id.in_(list(event_ids)))
-    # an UPDATE's result is a CursorResult (Session.execute is typed for any statement)
-    result = cast(CursorResult[Any], await session.execute(stmt))
-    return result.rowcount
+    return await rowcount(session, stmt)
 
 
 # --- per-customer threads ---------------------------------------------------------------------
