@@ -14,6 +14,7 @@ from storage.vault import Vault
 
 if TYPE_CHECKING:
     from bot.lib.config import CrmConfig
+    from handlers.access import ReaderCache
     from handlers.directory import Directory
 
 
@@ -26,8 +27,11 @@ class Deps:
     clock: Callable[[], datetime] = utcnow
     wake_outbox: Callable[[], None] = lambda: None
     directory: Directory = field(init=False)
+    readers: ReaderCache = field(init=False)
 
     def __post_init__(self) -> None:
+        from handlers.access import ReaderCache
         from handlers.directory import Directory
 
         self.directory = Directory(self)
+        self.readers = ReaderCache(ttl=self.config.access.users_cache_seconds)
