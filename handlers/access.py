@@ -126,15 +126,26 @@ def party_of(reader: Reader) -> frozenset[str]:
     return reader.departments
 
 
-def list_scope(reader: Reader, asked: str | None) -> tuple[frozenset[str], frozenset[str]]:
-    """For `/crm handoffs <department>`: (receiving departments, sending departments) to list.
-    One's own department: everything sent to it. Another: only what one's own departments sent
-    it (what they are party to)."""
+@dataclass(frozen=True)
+class Scope:
+    """Which handoffs a list shows: sent to `to` or sent from `sent_from` (either), and of
+    those only the ones one of `within` is party to (empty: no further limit)."""
+
+    to: frozenset[str] = frozenset()
+    sent_from: frozenset[str] = frozenset()
+    within: frozenset[str] = frozenset()
+
+
+def list_scope(reader: Reader, asked: str | None) -> Scope:
+    """`/crm handoffs` (asked None): to or from one's departments. `/crm handoffs <department>`:
+    one's own department, everything sent to it; another, only what one's own departments
+    sent it (what they are party to)."""
+    mine = party_of(reader)
     if asked is None:
-        return party_of(reader), party_of(reader)
-    if asked in reader.departments:
-        return frozenset({asked}), frozenset()
-    return frozenset({asked}), party_of(reader)
+        return Scope(to=mine, sent_from=mine)
+    if asked in mine:
+        return Scope(to=frozenset({asked}))
+    return Scope(to=frozenset({asked}), within=mine)
 
 
 def timeline_field(kind: str) -> str:

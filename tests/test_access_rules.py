@@ -11,6 +11,7 @@ from bot.lib.config import CARD_FIELDS, ConfigError, parse_config
 from handlers.access import (
     ALL_FIELDS,
     Reader,
+    Scope,
     decide,
     list_scope,
     mentions,
@@ -144,17 +145,23 @@ def test_an_unknown_field_is_a_config_error_naming_it():
         parse_config("[access]\nshow_alert_per_hour = 0\n")
 
 
+BOB, CAROL = (
+    Reader("U0BOB0001", frozenset({"sales"})),
+    Reader("U0CAROL01", frozenset({"marketing"})),
+)
+
+
 @pytest.mark.parametrize(
-    "reader, asked, to, sent_by",
+    "reader, asked, scope",
     [
-        (Reader("U0BOB0001", frozenset({"sales"})), None, {"sales"}, {"sales"}),
-        (Reader("U0BOB0001", frozenset({"sales"})), "sales", {"sales"}, set()),
+        (BOB, None, Scope(to=frozenset({"sales"}), sent_from=frozenset({"sales"}))),
+        (BOB, "sales", Scope(to=frozenset({"sales"}))),
         # another department's list: only what one's own departments sent it
-        (Reader("U0CAROL01", frozenset({"marketing"})), "finance", {"finance"}, {"marketing"}),
+        (CAROL, "finance", Scope(to=frozenset({"finance"}), within=frozenset({"marketing"}))),
     ],
 )
-def test_list_scope(reader, asked, to, sent_by):
-    assert list_scope(reader, asked) == (frozenset(to), frozenset(sent_by))
+def test_list_scope(reader, asked, scope):
+    assert list_scope(reader, asked) == scope
 
 
 @pytest.mark.parametrize(
