@@ -2,7 +2,10 @@
 `Share to channel` buttons, and `@crm-bot <email or external id>` mentions.
 
 The full card goes only to the person who asked (ephemeral); what lands in a channel is the
-redacted card (name, company, tier, stage, owner), so personal data does not spread.
+redacted card (name, company, tier, stage, owner), so personal data does not spread. Every one
+of these reads passes handlers/access.py first (`access.require`), the full card shows the
+fields the reader's departments grant, and each full card shown is recorded in the audit chain
+(handlers/read_audit.py).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from bot.lib.blocks import customers as cards
 from bot.lib.blocks import reply
 from bot.lib.slack_out import SlackError, fit_to_limits
+from handlers import access, read_audit
 from handlers.commands import Command, CommandRouter, clean_text, run_safely
 from handlers.deps import Deps
 from handlers.errors import NotFound, UserError
@@ -94,10 +98,15 @@ class Card:
     timeline: list[cards.TimelineItem]
     handoffs: list[cards.HandoffItem]
     approvals: list[cards.ApprovalItem]
+    fields: frozenset[str] | None = None  # what the reader may see (None: everything)
 
     def full(self) -> dict:
         text, blocks = cards.full_card(
-            self.record, timeline=self.timeline, handoffs=self.handoffs, approvals=self.approvals
+            self.record,
+            timeline=self.timeline,
+            handoffs=self.handoffs,
+            approvals=self.approvals,
+            fields=self.fields,
         )
         return answer(text, blocks)
 
@@ -108,7 +117,10 @@ def answer(text: str, blocks: list | None = None) -> dict:
     return reply(text, blocks)
 
 
-async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Card:
+async def load_card(
+    deps: Deps, session: AsyncSession, customer: Customer, fields: frozenset[str] | None = None
+) -> Card:
+    """The card's content; with `fields`, only what they grant is read and decrypted."""
     repo = Customers(session, deps.vault)
     record = repo.read(customer)
     entries = (
@@ -116,12 +128,13 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
             select(TimelineEntry)
             .where(TimelineEntry.customer_id == customer.id)
             .order_by(TimelineEntry.occurred_at.desc())
-            .limit(TIMELINE_ENTRIES)
+            .limit(TIMELINE_ENTRIES * 10 if fields is not None else TIMELINE_ENTRIES)
         )
     ).scalars()
+    visible = [e for e in entries if fields is None or access.timeline_field(e.kind) in fields]
     timeline = [
         cards.TimelineItem(e.occurred_at, e.kind, e.source, _open_summary(deps, customer, e))
-        for e in entries
+        for e in visible[:TIMELINE_ENTRIES]
     ]
     handoffs = (
         await session.execute(
@@ -150,6 +163,7 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
             cards.ApprovalItem(a.kind, a.amount, a.unit, a.department, a.requested_by)
             for a in approvals
         ],
+        fields,
     )
 
 
@@ -161,20 +175,33 @@ def _open_summary(deps: Deps, customer: Customer, entry: TimelineEntry) -> str |
         return None
 
 
-async def card_by_ref(deps: Deps, ref: str) -> Card:
+async def show_card(
+    deps: Deps,
+    reader: access.Access,
+    via: str,
+    *,
+    ref: str | None = None,
+    customer_id: uuid.UUID | None = None,
+) -> dict:
+    """The full card of the customer named by `ref` (or `customer_id`), with the fields the
+    reader sees, recorded in the audit chain in the same transaction; the reader's leads are
+    told when this takes them over the hourly limit."""
     async with deps.db.transaction() as session:
-        customer = await Customers(session, deps.vault).by_ref(ref)
-        if customer is None:
-            raise not_found(ref)
-        return await load_card(deps, session, customer)
-
-
-async def card_by_id(deps: Deps, customer_id: uuid.UUID | None) -> Card:
-    async with deps.db.transaction() as session:
-        customer = await Customers(session, deps.vault).get(customer_id) if customer_id else None
-        if customer is None or customer.erased_at is not None:
-            raise NotFound("That customer is no longer on record.")
-        return await load_card(deps, session, customer)
+        repo = Customers(session, deps.vault)
+        if ref is not None:
+            customer = await repo.by_ref(ref)
+            if customer is None:
+                raise not_found(ref)
+        else:
+            customer = await repo.get(customer_id) if customer_id else None
+            if customer is None or customer.erased_at is not None:
+                raise NotFound("That customer is no longer on record.")
+        card = await load_card(deps, session, customer, reader.fields)
+        over = await read_audit.card_shown(deps, session, reader.reader, customer, via)
+    if over is not None:
+        await read_audit.alert_leads(deps, reader.reader, over)
+    log.info("%s by %s: customer %s", via, reader.reader.user, card.record.id)
+    return card.full()
 
 
 # --- /crm find, /crm show --------------------------------------------------------------------
@@ -182,6 +209,7 @@ async def card_by_id(deps: Deps, customer_id: uuid.UUID | None) -> Card:
 
 async def find(deps: Deps, cmd: Command) -> dict:
     text = search_text(cmd.args)
+    await access.require(deps, cmd.user)
     async with deps.db.transaction() as session:
         records = await Customers(session, deps.vault).search(text, limit=10)
     log.info("/crm find by %s: %d matches", cmd.user, len(records))
@@ -189,16 +217,29 @@ async def find(deps: Deps, cmd: Command) -> dict:
 
 
 async def show(deps: Deps, cmd: Command) -> dict:
-    card = await card_by_ref(deps, customer_ref(cmd.args))
-    log.info("/crm show by %s: customer %s", cmd.user, card.record.id)
-    return card.full()
+    ref = customer_ref(cmd.args)
+    return await show_card(deps, await access.require(deps, cmd.user), "show", ref=ref)
+
+
+async def open_by_id(deps: Deps, user: str, team: str | None, value: str | None) -> dict:
+    """The card's `Open` button (on search results): the full card, as `show` gives it."""
+    reader = await access.require(deps, user, team)
+    return await show_card(deps, reader, cards.OPEN, customer_id=parse_id(value))
 
 
 # --- buttons and mentions --------------------------------------------------------------------
 
 
-async def share(deps: Deps, user_id: str, channel: str | None, value: str | None, key: str):
+async def share(
+    deps: Deps,
+    user_id: str,
+    channel: str | None,
+    value: str | None,
+    key: str,
+    team: str | None = None,
+):
     """Post the redacted card in `channel` and remember it; one effect per click."""
+    await access.require(deps, user_id, team)
     if not channel:
         raise UserError("Open the card in a channel to share it there.")
     customer_id = parse_id(value)
@@ -238,6 +279,7 @@ async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
     refs = mention_refs(event.get("text", ""))
     if not refs:
         return MENTION_HINT, None
+    await access.require(deps, str(event.get("user") or ""), event.get("user_team"))
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         for ref in refs:
@@ -257,7 +299,8 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
     async def open_card(body, respond):
         user_id = body["user"]["id"]
         value = (body.get("actions") or [{}])[0].get("value")
-        card = await run_safely(f"{cards.OPEN} click", _full_by_id(deps, value))
+        team = body["user"].get("team_id")
+        card = await run_safely(f"{cards.OPEN} click", open_by_id(deps, user_id, team, value))
         log.info("customer_open by %s", user_id)
         if card:
             await respond(**card, replace_original=False)
@@ -271,7 +314,8 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
         container = body.get("container") or {}
         key = f"share:{action.get('value')}:{channel}:{container.get('message_ts')}:{user_id}"
         result = await run_safely(
-            f"{cards.SHARE} click", share(deps, user_id, channel, action.get("value"), key)
+            f"{cards.SHARE} click",
+            share(deps, user_id, channel, action.get("value"), key, body["user"].get("team_id")),
         )
         if result:
             await respond(**result, replace_original=False)
@@ -285,6 +329,9 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
                 return  # a retried delivery
         try:
             text, blocks = await mention(deps, event)
+        except access.Refused as exc:  # to the person only, never in the channel
+            await deps.slack.ephemeral(channel, str(event.get("user")), str(exc))
+            return
         except Exception:
             log.exception("app_mention in %s failed", channel)
             text, blocks = "Sorry, that did not work; please try again.", None
@@ -293,7 +340,3 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
     app.action(cards.OPEN)(ack=ack_only, lazy=[open_card])
     app.action(cards.SHARE)(ack=ack_only, lazy=[share_card])
     app.event("app_mention")(ack=ack_only, lazy=[on_mention])
-
-
-async def _full_by_id(deps: Deps, value: str | None) -> dict:
-    return (await card_by_id(deps, parse_id(value))).full()

@@ -7,9 +7,11 @@ import logging
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.lib.blocks.home import home_view
+from bot.lib.blocks.home import home_view, refused_view
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.deps import Deps
+from handlers.errors import UserError
 
 log = logging.getLogger(__name__)
 
@@ -20,6 +22,10 @@ async def publish_home(deps: Deps, user: str) -> None:
     from handlers.approvals import listeners as approvals
     from handlers.handoffs import listeners as handoffs  # they call publish_home too: import late
 
+    checked = await access.check(deps, user)
+    if not checked.decision:  # nothing about customers; who to ask instead
+        await deps.slack.publish_home(user, refused_view(checked.decision.message or ""))
+        return
     problems: list[str] = []
     parts = []
     for name, module in (("handoffs", handoffs), ("approvals", approvals)):
@@ -65,5 +71,7 @@ def register(app: AsyncApp, deps: Deps) -> None:
             await publish_home(deps, event["user"])
         except SlackError as exc:
             log.warning("home tab of %s not published: %s", event["user"], exc.kind)
+        except UserError as exc:  # the access check could not be made: the old tab stays
+            log.warning("home tab of %s not published: %s", event["user"], exc)
 
     app.event("app_home_opened")(ack=ack_only, lazy=[opened])

@@ -19,6 +19,7 @@ from bot.lib.blocks import approvals as ui
 from bot.lib.blocks import reply
 from bot.lib.blocks.customers import APPROVAL as CARD_BUTTON
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.approvals import flow, rules
 from handlers.commands import Command, CommandRouter, clean_text
 from handlers.deps import Deps
@@ -141,9 +142,11 @@ async def request_command(deps: Deps, cmd: Command) -> dict[str, Any] | None:
 
 
 async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
+    """Pending approvals of the person's departments, or their own (handlers/access.py)."""
     which = cmd.args.strip().lower() or "pending"
     if which not in ("pending", "mine"):
         raise UserError(f"Usage: `/crm {LIST_USAGE}`")
+    await access.require(deps, cmd.user)
     if which == "mine":
         views = await _views(deps, lambda repo: repo.requested_by(cmd.user, limit=20))
         text, blocks = ui.list_reply("Your approval requests", views, "You have asked for none.")
@@ -179,6 +182,7 @@ async def home_section(deps: Deps, user: str) -> list[dict]:
 
 
 async def open_request_modal(deps: Deps, body: dict[str, Any]) -> None:
+    await access.require(deps, body["user"]["id"], body["user"].get("team_id"))
     channel = _channel_of(body)
     customer_id = parse_id(_value_of(body))
     async with deps.db.transaction() as session:

@@ -17,6 +17,7 @@ from datetime import timedelta
 from bot.lib.blocks import handoffs as render
 from bot.lib.blocks.customers import label
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.deps import Deps
 from handlers.errors import NotFound, UserError
 from handlers.handoffs import rules
@@ -120,10 +121,12 @@ async def _find_customer(repo: Customers, req: NewHandoff) -> Customer:
 
 async def create(deps: Deps, req: NewHandoff) -> Created | None:
     """Record a new handoff, post it in the receiving channel and link it on the requester's
-    side. None when `dedupe_key` was seen before (a retried submission)."""
+    side. None when `dedupe_key` was seen before (a retried submission). Only someone who
+    may read customer data hands a customer off (handlers/access.py)."""
     problem = rules.check_note(req.note)
     if problem:
         raise UserError(problem)
+    await access.require(deps, req.user)
     to = await deps.directory.get(req.to)
     home = await deps.directory.home_of(req.user, req.channel)
     problem = rules.check_route(home.key if home else None, to.key)

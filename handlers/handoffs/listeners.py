@@ -25,6 +25,7 @@ from bot.lib.blocks import customers as cards
 from bot.lib.blocks import handoffs as render
 from bot.lib.blocks import reply
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.commands import Command, CommandRouter, clean_text
 from handlers.deps import Deps
 from handlers.errors import NotFound, UserError
@@ -78,19 +79,20 @@ async def handoff_command(deps: Deps, cmd: Command) -> dict[str, Any]:
 
 
 async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
+    """Open handoffs the person's departments are party to (handlers/access.py)."""
     which = rules.parse_list_filter(cmd.args)
+    reader = (await access.require(deps, cmd.user)).reader
     if which == rules.LIST_MINE:
         title, query = "Your open handoffs", {"user": cmd.user}
     elif which == rules.LIST_OPEN:
-        mine = [d.key for d in await deps.directory.departments_of(cmd.user)]
-        if mine:
-            title = "Open handoffs to or from your departments"
-            query = {"to_departments": mine, "from_departments": mine}
-        else:
-            title, query = "Open handoffs", {"everyone": True}
+        scope = access.list_scope(reader, None)
+        title = "Open handoffs to or from your departments"
+        query = {"to_departments": scope.to, "from_departments": scope.sent_from}
     else:
         dept = await deps.directory.get(which)
-        title, query = f"Open handoffs to {dept.name}", {"to_departments": [dept.key]}
+        scope = access.list_scope(reader, dept.key)
+        title = f"Open handoffs to {dept.name}" + (" from your departments" if scope.within else "")
+        query = {"to_departments": scope.to, "within": scope.within}
     names = await flow.dept_names(deps)
     async with deps.db.transaction() as session:
         repo = Handoffs(session, deps.vault)
@@ -102,7 +104,7 @@ async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
 
 async def home_section(deps: Deps, user: str) -> list[dict]:
     """The App Home's part: open handoffs the user asked for, is assigned, or that wait for
-    one of their departments."""
+    one of their departments (home.publish_home checked their access first)."""
     mine = [d.key for d in await deps.directory.departments_of(user)]
     names = await flow.dept_names(deps)
     async with deps.db.transaction() as session:
@@ -161,8 +163,11 @@ def message_text(message: dict) -> str:
     return clean_text("\n".join(parts))[:5000]
 
 
-async def open_create_modal(deps: Deps, trigger_id: str, user: str, meta: CreateMeta) -> str | None:
+async def open_create_modal(
+    deps: Deps, trigger_id: str, user: str, meta: CreateMeta, team: str | None = None
+) -> str | None:
     """Open the `Hand off` modal for a customer; returns a refusal instead when there is none."""
+    await access.require(deps, user, team)
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         customer = await repo.get(meta.customer_id)
@@ -304,8 +309,9 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
             await tell(deps, channel, user, "That button does not name a customer; nothing to do.")
             return
         meta = CreateMeta(customer_id=cid, channel=channel)
+        team = body["user"].get("team_id")
         refusal, problem = await safely(
-            "handoff modal", open_create_modal(deps, body["trigger_id"], user, meta)
+            "handoff modal", open_create_modal(deps, body["trigger_id"], user, meta, team)
         )
         if refusal or problem:
             await tell(deps, channel, user, refusal or problem)
@@ -316,6 +322,10 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
         user = body["user"]["id"]
         channel = (body.get("channel") or {}).get("id")
         message = body.get("message") or {}
+        _, problem = await safely("access", access.require(deps, user, body["user"].get("team_id")))
+        if problem:  # before looking for a customer: a refusal tells nothing about one
+            await tell(deps, channel, user, problem)
+            return
         refs = rules.customer_refs(message_text(message))
         async with deps.db.transaction() as session:
             customer = await Handoffs(session, deps.vault).customer_named(refs) if refs else None
@@ -331,8 +341,9 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
             return
         link = await flow.permalink(deps, channel, body.get("message_ts") or message.get("ts"))
         meta = CreateMeta(customer_id=cid, channel=channel, context=link)
+        team = body["user"].get("team_id")
         refusal, problem = await safely(
-            "handoff modal", open_create_modal(deps, body["trigger_id"], user, meta)
+            "handoff modal", open_create_modal(deps, body["trigger_id"], user, meta, team)
         )
         if refusal or problem:
             await tell(deps, channel, user, refusal or problem)
