@@ -1,6 +1,21 @@
 """Settings from the environment, and the departments/alerts file (CRM_CONFIG) as typed objects.
 
 Both fail with a `ConfigError` whose message is one readable line; the CLI prints it and exits 2.
+
+Who reads customer data is configured here too (the rules are in handlers/access.py):
+
+    [access]
+    fields = ["email", "phone", "notes", "deals", "tickets", "activity", "handoffs", "approvals"]
+    show_alert_per_hour = 50
+    users_cache_seconds = 300
+
+    [departments.finance]
+    fields = ["email", "phone", "annual_value", "invoices", "approvals"]
+
+`fields` name card fields (`CARD_FIELDS`); a department without `fields` gets `[access]
+fields`, whose default is every field (so a file without them keeps the cards as they were).
+One table for the defaults and one key per department keeps a department's grant next to its
+members, where a reader of the file looks for it.
 """
 
 from __future__ import annotations
