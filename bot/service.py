@@ -16,6 +16,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_bolt_app, drain, jobs, sync_handler
 from bot.lib.config import ConfigError, CrmConfig, Settings
+from bot.lib.interaction import DrainableLazyRunner
 from bot.lib.metrics import broker_connected
 from bot.lib.slack_out import SlackOut, make_client
 from bot.runtime import open_storage
@@ -35,7 +36,7 @@ REFUSED_APP_TOKEN = {
     "token_revoked",
     "account_inactive",
 }
-DRAIN_SECONDS = 10.0  # on stop, how long the alerts being posted may take to finish
+DRAIN_SECONDS = 10.0  # on stop, how long acknowledged work and alerts being posted may take
 JOB_STOP_SECONDS = 5.0  # on stop, how long a job's run under way may take to finish
 
 
@@ -96,7 +97,7 @@ class BotService:
         self._socket = None
         self._tasks: list[asyncio.Task] = []  # the periodic jobs
         self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
-        self._lazy = None
+        self._lazy: DrainableLazyRunner | None = None  # the listeners' work after their ack
         self._http: aiohttp.ClientSession | None = None  # Slack Web API calls, kept alive
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
@@ -113,7 +114,8 @@ class BotService:
         slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
         bolt = build_bolt_app(s, deps)
-        self._lazy = bolt.listener_runner.lazy_listener_runner
+        lazy = bolt.listener_runner.lazy_listener_runner
+        self._lazy = lazy if isinstance(lazy, DrainableLazyRunner) else None
         if s.amqp_url:
             await self._start_broker(deps)
         else:
@@ -194,8 +196,10 @@ class BotService:
         """Drain: stop taking new work, let in-flight work finish, close everything."""
         if self._runner is not None:
             await self._runner.shutdown()
-        if self._lazy is not None:  # answers already acknowledged to Slack
-            await self._lazy.drain(within=10)
+        if self._socket is not None:  # Socket Mode's requests arrive on it: no new ones either
+            await self._socket.close_async()
+        if self._lazy is not None:  # work already acknowledged to Slack: clicks, commands
+            await self._lazy.drain(within=DRAIN_SECONDS)
         if self.consumer is not None:
             await self.consumer.stop()
         self._stopping.set()
@@ -208,16 +212,6 @@ class BotService:
             await drain(self.deps, within=DRAIN_SECONDS)
         if self.relay is not None:
             await self.relay.stop()
-        if self._socket is not None:
-            await self._socket.close_async()
-        # give lazy listeners still running a moment to finish their answers
-        pending = [
-            t
-            for t in asyncio.all_tasks()
-            if t is not asyncio.current_task() and "lazy" in (t.get_name() or "")
-        ]
-        if pending:
-            await asyncio.wait(pending, timeout=5)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._http is not None:

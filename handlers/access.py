@@ -35,8 +35,9 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from bot.lib.config import CARD_FIELDS, CrmConfig
+from bot.lib.errors import Forbidden, UserError
+from bot.lib.interaction import Person
 from bot.lib.slack_out import SlackError
-from handlers.errors import Forbidden, UserError
 
 if TYPE_CHECKING:
     from handlers.deps import Deps
@@ -284,18 +285,20 @@ class Access:
         return self.decision.fields
 
 
-async def check(deps: Deps, user: str, team: str | None = None) -> Access:
-    """The reader and the decision, refused or not (App Home shows a refusal as its content)."""
+async def check(deps: Deps, who: Person | str, team: str | None = None) -> Access:
+    """The reader and the decision, refused or not (App Home shows a refusal as its content).
+    `who` is the person of a parsed interaction (their signed team with them) or a user id."""
+    user, team = (who.id, who.team_id) if isinstance(who, Person) else (who, team)
     reader = await reader_for(deps, user, team)
     decision = decide(reader, deps.config, await deps.directory.departments())
     if not decision:
-        log.info("customer data refused to %s: %s", user, decision.code)
+        log.info("customer data refused to %s: %s", reader.user, decision.code)
     return Access(reader, decision)
 
 
-async def require(deps: Deps, user: str, team: str | None = None) -> Access:
+async def require(deps: Deps, who: Person | str, team: str | None = None) -> Access:
     """The gate: the reader's access, or `Refused` (a UserError saying who to ask)."""
-    access = await check(deps, user, team)
+    access = await check(deps, who, team)
     if not access.decision:
         raise Refused(access.decision)
     return access

@@ -21,11 +21,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.lib.blocks import customers as cards
 from bot.lib.blocks import reply
+from bot.lib.errors import NotFound, UserError
+from bot.lib.interaction import (
+    Command,
+    Person,
+    ack_only,
+    lazy,
+    parse_click,
+    parse_customer_id,
+    parse_event,
+    tell,
+)
 from bot.lib.slack_out import SlackError, fit_to_limits
 from handlers import access, read_audit
-from handlers.commands import Command, CommandRouter, clean_text, run_safely
+from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
 from storage import audit, shared_cards
 from storage.crypto import CryptoError
 from storage.customers import CustomerRecord, Customers
@@ -80,13 +90,6 @@ def mention_refs(text: str) -> list[str]:
 def not_found(ref: str) -> NotFound:
     shown = cards.esc(cards.clip(ref, 60))
     return NotFound(f"No customer `{shown}`. Try `/crm find <text>` to search.")
-
-
-def parse_id(value: str | None) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        return None
 
 
 # --- reading a card --------------------------------------------------------------------------
@@ -209,7 +212,7 @@ async def show_card(
 
 async def find(deps: Deps, cmd: Command) -> dict:
     text = search_text(cmd.args)
-    await access.require(deps, cmd.user)
+    await access.require(deps, cmd.person)
     async with deps.db.transaction() as session:
         records = await Customers(session, deps.vault).search(text, limit=10)
     log.info("/crm find by %s: %d matches", cmd.user, len(records))
@@ -218,13 +221,13 @@ async def find(deps: Deps, cmd: Command) -> dict:
 
 async def show(deps: Deps, cmd: Command) -> dict:
     ref = customer_ref(cmd.args)
-    return await show_card(deps, await access.require(deps, cmd.user), "show", ref=ref)
+    return await show_card(deps, await access.require(deps, cmd.person), "show", ref=ref)
 
 
-async def open_by_id(deps: Deps, user: str, team: str | None, value: str | None) -> dict:
+async def open_by_id(deps: Deps, person: Person, value: str | None) -> dict:
     """The card's `Open` button (on search results): the full card, as `show` gives it."""
-    reader = await access.require(deps, user, team)
-    return await show_card(deps, reader, cards.OPEN, customer_id=parse_id(value))
+    reader = await access.require(deps, person)
+    return await show_card(deps, reader, cards.OPEN, customer_id=parse_customer_id(value))
 
 
 # --- buttons and mentions --------------------------------------------------------------------
@@ -242,7 +245,7 @@ async def share(
     await access.require(deps, user_id, team)
     if not channel:
         raise UserError("Open the card in a channel to share it there.")
-    customer_id = parse_id(value)
+    customer_id = parse_customer_id(value)
     async with deps.db.transaction() as session:
         customer = await Customers(session, deps.vault).get(customer_id) if customer_id else None
         if customer is None or customer.erased_at is not None:
@@ -274,12 +277,12 @@ async def share(
     return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")
 
 
-async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
+async def mention(deps: Deps, event: dict, team: str | None = None) -> tuple[str, list | None]:
     """The answer to `@crm-bot <email or external id>`: the redacted card, or a hint."""
     refs = mention_refs(event.get("text", ""))
     if not refs:
         return MENTION_HINT, None
-    await access.require(deps, str(event.get("user") or ""), event.get("user_team"))
+    await access.require(deps, str(event.get("user") or ""), team)
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         for ref in refs:
@@ -289,54 +292,36 @@ async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
     return f"I found no customer for that. {MENTION_HINT}", None
 
 
+async def open_card(deps: Deps, body: dict) -> None:
+    """`Open` on a search result: the full card, to the person who clicked."""
+    click = parse_click(body)
+    card = await open_by_id(deps, click.person, click.value)
+    await tell(deps.slack, click.person, card["text"], click.place, card.get("blocks"))
+
+
+async def share_card(deps: Deps, body: dict) -> None:
+    """`Share to channel` on a card: the redacted card, once per click."""
+    click = parse_click(body)
+    key = f"share:{click.value}:{click.channel}:{click.message_ts}:{click.user}"
+    result = await share(deps, click.user, click.channel, click.value, key, click.person.team_id)
+    await tell(deps.slack, click.person, result["text"], click.place, result.get("blocks"))
+
+
+async def on_mention(deps: Deps, body: dict) -> None:
+    """`@crm-bot <email or external id>`: the redacted card (or a hint) in the thread."""
+    event = parse_event(body)
+    if not event.channel or not event.ts or event.event.get("bot_id"):
+        return
+    async with deps.db.transaction() as session:
+        if not await first_time(session, f"mention:{event.channel}:{event.ts}"):
+            return  # a retried delivery
+    text, blocks = await mention(deps, event.event, event.person.team_id)  # refusals: privately
+    await deps.slack.post(event.channel, text, blocks, thread_ts=event.thread_ts or event.ts)
+
+
 def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
     router.add("find", find, "find <text>", "search by email, phone, external id, name or company")
     router.add("show", show, "show <customer>", "the full customer card, only to you")
-
-    async def ack_only(ack):
-        await ack()
-
-    async def open_card(body, respond):
-        user_id = body["user"]["id"]
-        value = (body.get("actions") or [{}])[0].get("value")
-        team = body["user"].get("team_id")
-        card = await run_safely(f"{cards.OPEN} click", open_by_id(deps, user_id, team, value))
-        log.info("customer_open by %s", user_id)
-        if card:
-            await respond(**card, replace_original=False)
-
-    async def share_card(body, respond):
-        user_id = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
-            "channel_id"
-        )
-        action = (body.get("actions") or [{}])[0]
-        container = body.get("container") or {}
-        key = f"share:{action.get('value')}:{channel}:{container.get('message_ts')}:{user_id}"
-        result = await run_safely(
-            f"{cards.SHARE} click",
-            share(deps, user_id, channel, action.get("value"), key, body["user"].get("team_id")),
-        )
-        if result:
-            await respond(**result, replace_original=False)
-
-    async def on_mention(event, body):
-        channel, ts = event.get("channel"), event.get("ts")
-        if not channel or not ts or event.get("bot_id"):
-            return
-        async with deps.db.transaction() as session:
-            if not await first_time(session, f"mention:{channel}:{ts}"):
-                return  # a retried delivery
-        try:
-            text, blocks = await mention(deps, event)
-        except access.Refused as exc:  # to the person only, never in the channel
-            await deps.slack.ephemeral(channel, str(event.get("user")), str(exc))
-            return
-        except Exception:
-            log.exception("app_mention in %s failed", channel)
-            text, blocks = "Sorry, that did not work; please try again.", None
-        await deps.slack.post(channel, text, blocks, thread_ts=event.get("thread_ts") or ts)
-
-    app.action(cards.OPEN)(ack=ack_only, lazy=[open_card])
-    app.action(cards.SHARE)(ack=ack_only, lazy=[share_card])
-    app.event("app_mention")(ack=ack_only, lazy=[on_mention])
+    app.action(cards.OPEN)(ack=ack_only, lazy=[lazy(open_card, deps)])
+    app.action(cards.SHARE)(ack=ack_only, lazy=[lazy(share_card, deps)])
+    app.event("app_mention")(ack=ack_only, lazy=[lazy(on_mention, deps)])

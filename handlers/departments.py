@@ -9,10 +9,11 @@ from decimal import Decimal
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks import channel, esc, reply, section
+from bot.lib.errors import Forbidden, NotFound, UserError
+from bot.lib.interaction import Command
 from bot.lib.slack_out import SlackError
-from handlers.commands import Command, CommandRouter
+from handlers.commands import CommandRouter
 from handlers.deps import Deps
-from handlers.errors import Forbidden, NotFound, UserError
 from storage import audit
 from storage.departments import DepartmentView, link_channel
 

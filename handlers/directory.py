@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from handlers.errors import NotFound
+from bot.lib.errors import NotFound
 from storage.departments import DepartmentView, all_departments
 
 if TYPE_CHECKING:

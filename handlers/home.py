@@ -8,21 +8,24 @@ import logging
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks.home import home_view, refused_view
+from bot.lib.errors import UserError
+from bot.lib.interaction import Person, ack_only, lazy, parse_event
 from bot.lib.slack_out import SlackError
 from handlers import access
 from handlers.deps import Deps
-from handlers.errors import UserError
 
 log = logging.getLogger(__name__)
 
 
-async def publish_home(deps: Deps, user: str) -> None:
-    """Build and publish `user`'s home tab. Never raises for a section that fails: the tab
-    says what could not be loaded, and the failure is logged."""
+async def publish_home(deps: Deps, who: Person | str) -> None:
+    """Build and publish the home tab of `who` (the person who opened it, or a user id). Never
+    raises for a section that fails: the tab says what could not be loaded, and the failure is
+    logged. Someone who may not read customer data gets a tab saying who to ask instead."""
     from handlers.approvals import listeners as approvals
     from handlers.handoffs import listeners as handoffs  # they call publish_home too: import late
 
-    checked = await access.check(deps, user)
+    user = who.id if isinstance(who, Person) else who
+    checked = await access.check(deps, who)
     if not checked.decision:  # nothing about customers; who to ask instead
         await deps.slack.publish_home(user, refused_view(checked.decision.message or ""))
         return
@@ -60,18 +63,19 @@ async def refresh_homes(deps: Deps, department_key: str | None, requester: str) 
             log.warning("could not refresh the App Home of %s", user, exc_info=True)
 
 
+async def opened(deps: Deps, body: dict) -> None:
+    """The person opened the tab: publish it. Nobody asked a question, so a Slack failure
+    is only logged (the tab shows its last version)."""
+    event = parse_event(body)
+    if event.event.get("tab", "home") != "home" or not event.person.id:
+        return
+    try:
+        await publish_home(deps, event.person)
+    except SlackError as exc:
+        log.warning("home tab of %s not published: %s", event.person.id, exc.kind)
+    except UserError as exc:  # the access check could not be made: the old tab stays
+        log.warning("home tab of %s not published: %s", event.person.id, exc)
+
+
 def register(app: AsyncApp, deps: Deps) -> None:
-    async def ack_only(ack):
-        await ack()
-
-    async def opened(event):
-        if event.get("tab", "home") != "home" or not event.get("user"):
-            return
-        try:
-            await publish_home(deps, event["user"])
-        except SlackError as exc:
-            log.warning("home tab of %s not published: %s", event["user"], exc.kind)
-        except UserError as exc:  # the access check could not be made: the old tab stays
-            log.warning("home tab of %s not published: %s", event["user"], exc)
-
-    app.event("app_home_opened")(ack=ack_only, lazy=[opened])
+    app.event("app_home_opened")(ack=ack_only, lazy=[lazy(opened, deps)])

@@ -14,14 +14,15 @@ from datetime import timedelta
 from typing import Any
 
 from bot.lib.blocks.approvals import ApprovalView, outcome_text, request_message
+from bot.lib.errors import NotFound, UserError
+from bot.lib.interaction import parse_approval_id
 from bot.lib.slack_out import SlackError
 from handlers import access
 from handlers.approvals import rules
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
 from handlers.home import refresh_homes
 from storage import audit, outbox
-from storage.approvals import Approvals, parse_id
+from storage.approvals import Approvals
 from storage.customers import Customers
 from storage.departments import DepartmentView
 from storage.models import Approval, Customer, new_id
@@ -230,7 +231,7 @@ async def check(
     deps: Deps, value: str | None, user: str
 ) -> tuple[ApprovalView | None, rules.Refusal | None]:
     """(the request, why `user` may not decide it or None), changing nothing."""
-    approval_id = parse_id(value)
+    approval_id = parse_approval_id(value)
     view = await load_view(deps, approval_id) if approval_id else None
     if view is None:
         return None, UNKNOWN
@@ -273,7 +274,7 @@ async def decide(
 ) -> Outcome:
     """Approve or reject: the row is locked, the rules checked against the server's own records,
     and the decision, its audit entry and its outbox event committed together."""
-    approval_id = parse_id(value)
+    approval_id = parse_approval_id(value)
     if approval_id is None:
         return Outcome(refusal=UNKNOWN)
     departments = await deps.directory.departments()

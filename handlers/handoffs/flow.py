@@ -16,10 +16,11 @@ from datetime import timedelta
 
 from bot.lib.blocks import handoffs as render
 from bot.lib.blocks.customers import label
+from bot.lib.errors import NotFound, UserError
+from bot.lib.interaction import parse_handoff_id
 from bot.lib.slack_out import SlackError
 from handlers import access
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
 from handlers.handoffs import rules
 from handlers.home import refresh_homes
 from storage import audit, outbox
@@ -302,7 +303,7 @@ class Click:
 async def act(deps: Deps, click: Click, *, dry_run: bool = False):
     """Take a step. Returns (refusal text or None, the handoff as it now is or None). With
     `dry_run`, only checks whether the step is allowed (e.g. before opening the reason modal)."""
-    hid = rules.parse_id(click.value)
+    hid = parse_handoff_id(click.value)
     if hid is None:
         return "That button does not name a handoff; nothing changed.", None
     async with deps.db.transaction() as session:
