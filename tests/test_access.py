@@ -14,6 +14,7 @@ import pytest
 
 from bot.lib.config import parse_config
 from bot.sandbox import BOT_USER_ID
+from bot.sandbox.faults import Fault
 from storage import audit
 from storage.customers import Customers
 from storage.models import Approval, Handoff, utcnow
@@ -336,3 +337,15 @@ async def test_many_cards_in_an_hour_alert_the_leads_once(db, db_url, sandbox):
     finally:
         await bot.sim.close()
         await bot.service.stop()
+
+
+async def test_a_users_info_that_cannot_answer_is_never_a_refusal(bot):
+    """Slack answering 5xx to users.info: the person is asked to try again (not refused, and
+    nothing is cached), and once Slack answers they get the card."""
+    await add_ada(bot)
+    bot.sandbox.faults.add(Fault("users.info", 503, times=50))
+    do = lambda: bot.sim.command(BOB, SALES, "/crm", "show CUST-1")  # noqa: E731
+    text = await answer(bot, BOB, do)
+    assert "try again" in text and REFUSED not in text and "ada@example.com" not in text
+    bot.sandbox.faults.clear()
+    assert card_seen(await answer(bot, BOB, do)) == "card"
