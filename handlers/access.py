@@ -29,15 +29,15 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from bot.lib.config import CARD_FIELDS, CrmConfig
 from bot.lib.errors import Forbidden, UserError
 from bot.lib.interaction import Person
 from bot.lib.slack_out import SlackError
+from handlers.directory import Profile
 
 if TYPE_CHECKING:
     from handlers.deps import Deps
@@ -183,35 +183,6 @@ def _refusal(code: str, departments: Mapping[str, Dept], keys: Iterable[str]) ->
 
 
 # --- the look-ups -----------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Profile:
-    """What users.info says about a person, as far as access goes."""
-
-    team: str | None
-    guest: bool
-    stranger: bool
-
-
-@dataclass
-class ReaderCache:
-    """users.info answers for `ttl` seconds, and the installation's team (auth.test) for good."""
-
-    ttl: float = 300.0
-    profiles: dict[str, tuple[float, Profile]] = field(default_factory=dict)
-    home_team: str | None = None
-
-    def get(self, user: str) -> Profile | None:
-        hit = self.profiles.get(user)
-        if hit is None or time.monotonic() - hit[0] > self.ttl:
-            return None
-        return hit[1]
-
-    def put(self, user: str, profile: Profile) -> None:
-        if len(self.profiles) > 10_000:  # a bound, not an LRU: forget everything now and then
-            self.profiles.clear()
-        self.profiles[user] = (time.monotonic(), profile)
 
 
 UNSURE = "I could not check your Slack account just now; please try again in a moment."

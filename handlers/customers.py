@@ -34,9 +34,10 @@ from bot.lib.interaction import (
 )
 from bot.lib.slack_out import SlackError, fit_to_limits
 from handlers import access, read_audit
+from handlers.changes import record_change
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from storage import audit, shared_cards
+from storage import shared_cards
 from storage.crypto import CryptoError
 from storage.customers import CustomerRecord, Customers
 from storage.models import Approval, Customer, Handoff, SlackRequest, TimelineEntry
@@ -263,15 +264,15 @@ async def share(
     async with deps.db.transaction() as session:
         customer = await session.get(Customer, record.id)
         shared_cards.remember(session, record.id, posted["channel"], posted["ts"], user_id)
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user_id,
             action="customer.card_shared",
             entity_type="customer",
             entity_id=record.id,
             customer=customer,
             data={"channel": posted["channel"], "ts": posted["ts"]},
-            vault=deps.vault,
         )
     log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
     return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")

@@ -1,5 +1,8 @@
 """The App Home tab, published when a person opens it and whenever another module calls
-`publish_home(deps, user)` (a handoff or approval of theirs changed)."""
+`publish_home(deps, user)` (a handoff or approval of theirs changed).
+
+Its sections come from `deps.home_sections`, which the wiring fills (handlers/__init__.py): the
+capabilities call `refresh_homes` from here, so this module must not import them."""
 
 from __future__ import annotations
 
@@ -16,33 +19,33 @@ from handlers.deps import Deps
 
 log = logging.getLogger(__name__)
 
+SECTIONS = ("handoffs", "approvals")  # the tab's sections, in its order (see home_view)
+
 
 async def publish_home(deps: Deps, who: Person | str) -> None:
     """Build and publish the home tab of `who` (the person who opened it, or a user id). Never
     raises for a section that fails: the tab says what could not be loaded, and the failure is
     logged. Someone who may not read customer data gets a tab saying who to ask instead."""
-    from handlers.approvals import listeners as approvals
-    from handlers.handoffs import listeners as handoffs  # they call publish_home too: import late
-
     user = who.id if isinstance(who, Person) else who
     checked = await access.check(deps, who)
     if not checked.decision:  # nothing about customers; who to ask instead
         await deps.slack.publish_home(user, refused_view(checked.decision.message or ""))
         return
     problems: list[str] = []
-    parts = []
-    for name, module in (("handoffs", handoffs), ("approvals", approvals)):
+    parts: dict[str, list[dict]] = {}
+    for name in SECTIONS:
+        section = deps.home_sections.get(name)
         try:
-            parts.append(list(await module.home_section(deps, user)))
+            parts[name] = list(await section(deps, user)) if section else []
         except Exception:
             log.exception("home section %s failed for %s", name, user)
             problems.append(name)
-            parts.append([])
+            parts[name] = []
     try:
         departments = [d.name for d in await deps.directory.departments_of(user)]
     except SlackError:
         departments = []
-    view = home_view(departments, parts[0], parts[1], problems=problems)
+    view = home_view(departments, parts["handoffs"], parts["approvals"], problems=problems)
     await deps.slack.publish_home(user, view)
 
 

@@ -11,8 +11,11 @@ import json
 import logging
 import secrets
 import time
+from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 from bot.sandbox import views, webapi
@@ -24,6 +27,16 @@ from bot.sandbox.webapi import WebApi, error
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN = "xoxb-sandbox-token"
+MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
+
+
+def manifest_scopes(path: Path = MANIFEST) -> list[str]:
+    """The bot scopes an app installed from this manifest is granted (none without one)."""
+    if not path.is_file():
+        return []
+    manifest = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    return list(((manifest.get("oauth_config") or {}).get("scopes") or {}).get("bot") or [])
+
 
 DEMO_CHANNELS: dict[str, dict[str, Any]] = {
     "C0SALES01": {"name": "sales"},
@@ -78,8 +91,12 @@ class Sandbox:
         auto_channels: bool = True,
         page: bool = False,
         app_token: str | None = None,
+        scopes: Iterable[str] | None = None,
     ) -> None:
         self.bot_token = bot_token
+        # What the bot token was granted: sent, as Slack does, in the `x-oauth-scopes` header
+        # of every answer to a call made with it. The manifest's bot scopes unless given.
+        self.scopes = list(manifest_scopes() if scopes is None else scopes)
         self.socket_mode = SocketModeLink(app_token)  # for a bot given this app-level token
         self.store = Store(
             channels=DEMO_CHANNELS if channels is None else channels,
@@ -214,7 +231,8 @@ class Sandbox:
                 name, logged, 429, error("ratelimited"), started, {"Retry-After": str(retry_after)}
             )
         body = await self.webapi.call(name, args)
-        return self._answer(name, logged, 200, body, started)
+        granted = {"x-oauth-scopes": ",".join(self.scopes)}
+        return self._answer(name, logged, 200, body, started, granted)
 
     def _answer(
         self,

@@ -126,7 +126,7 @@ class WebApi:
             "team_id": team,
             "name": info.get("name", user.lower()),
             "real_name": real,
-            "deleted": False,
+            "deleted": bool(info.get("deleted", False)),  # deactivated: still answered, as Slack
             "is_bot": False,
             # A guest (multi- or single-channel) and a person of another organisation seen in
             # a shared channel, as Slack reports them; set on the sandbox's user entry.
@@ -327,6 +327,24 @@ async def conversations_history(api: WebApi, args: Body) -> Body:
         return error("channel_not_found")
     found = _between(api.store.messages(info["id"]), args)
     return _page(list(reversed(found)), args)  # newest first, as Slack answers
+
+
+@method("conversations.info")
+async def conversations_info(api: WebApi, args: Body) -> Body:
+    """A channel's facts as Slack gives them to a bot token: `is_member` (True unless the
+    channel's entry says otherwise), `is_archived`, `is_private` (G ids, or said so)."""
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None:
+        return error("channel_not_found")
+    private = bool(info.get("is_private", info["id"].startswith("G")))
+    channel = {
+        **info,
+        "is_private": private,
+        "is_group": private and not info["is_im"],
+        "is_member": bool(info.get("is_member", True)),
+        "is_archived": bool(info.get("is_archived", False)),
+    }
+    return {"ok": True, "channel": channel}
 
 
 @method("conversations.open")

@@ -19,9 +19,9 @@ from bot.lib.interaction import parse_approval_id
 from bot.lib.slack_out import SlackError
 from handlers import access
 from handlers.approvals import rules
+from handlers.changes import Published, record_change
 from handlers.deps import Deps
 from handlers.home import refresh_homes
-from storage import audit, outbox
 from storage.approvals import Approvals
 from storage.customers import Customers
 from storage.departments import DepartmentView
@@ -166,8 +166,9 @@ async def create(
             expires_at=rules.expires_at(now, deps.config.approvals.expire_after_hours),
             created_at=now,
         )
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user,
             action="approval.requested",
             entity_type="approval",
@@ -175,11 +176,9 @@ async def create(
             customer=customer,
             data=audit_data(row),
             details=reason,
-            vault=deps.vault,
+            publish=Published("approval.requested", customer.external_id, event_data(row, user)),
         )
-        outbox.add(session, "approval.requested", customer.external_id, event_data(row, user))
         view = to_view(deps, row, customer, customers, departments)
-    deps.wake_outbox()
     log.info("approval %s requested (%s) of %s", view.id, kind, dept.key)
     view = await post_request(deps, view, dept)
     await refresh_homes(deps, dept.key, view.requested_by)
@@ -317,8 +316,9 @@ async def decide(
             at=now,
             reason_ct=deps.vault.seal(customer, "approvals", "decision_reason", row.id, reason),
         )
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user,
             action=f"approval.{status}",
             entity_type="approval",
@@ -326,11 +326,9 @@ async def decide(
             customer=customer,
             data=audit_data(row),
             details=reason,
-            vault=deps.vault,
+            publish=Published(f"approval.{status}", customer.external_id, event_data(row, user)),
         )
-        outbox.add(session, f"approval.{status}", customer.external_id, event_data(row, user))
         view = to_view(deps, row, customer, customers, departments)
-    deps.wake_outbox()
     log.info("approval %s %s by %s", view.id, status, user)
     return Outcome(view=view)
 
@@ -385,15 +383,15 @@ async def expire_due(deps: Deps) -> int:
             await repo.decide(row, status=rules.EXPIRED, by=None, at=now)
             customers = Customers(session, deps.vault)
             customer = await customers.get(row.customer_id)
-            await audit.append(
+            await record_change(
                 session,
+                deps,
                 actor=BOT_ACTOR,
                 action="approval.expired",
                 entity_type="approval",
                 entity_id=row.id,
                 customer=customer,
                 data=audit_data(row),
-                vault=deps.vault,
             )
             view = to_view(deps, row, customer, customers, departments)
         expired += 1
