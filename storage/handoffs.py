@@ -149,11 +149,13 @@ class Handoffs:
         from_departments: Iterable[str] = (),
         user: str | None = None,
         everyone: bool = False,
+        within: Iterable[str] = (),
         limit: int = 20,
     ) -> tuple[list[Handoff], int]:
         """Open handoffs, newest first: to `to_departments`, from `from_departments`, or
-        requested by or assigned to `user` (any of these), or all with `everyone`;
-        (the first `limit`, how many in all)."""
+        requested by or assigned to `user` (any of these), or all with `everyone`; with
+        `within`, only those sent to or from one of those departments (the access model's
+        "party to"); (the first `limit`, how many in all)."""
         conditions = []
         if to_departments:
             conditions.append(Handoff.to_department.in_(list(to_departments)))
@@ -166,6 +168,9 @@ class Handoffs:
         where = [Handoff.status.in_(OPEN)]
         if conditions:
             where.append(or_(*conditions))
+        if within:
+            party = list(within)
+            where.append(or_(Handoff.to_department.in_(party), Handoff.from_department.in_(party)))
         total = (
             await self.session.execute(select(func.count()).select_from(Handoff).where(*where))
         ).scalar_one()
