@@ -69,6 +69,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="SEQ:HASH noted earlier (printed by verify, logged by the bot): must still be there",
     )
+    rd = asub.add_parser(
+        "reads", help="who was shown a customer's full card: when, by whom, through what"
+    )
+    rd.add_argument("customer", help="the customer's email address or external id")
     e = asub.add_parser("export", help="write entries as JSON lines")
     e.add_argument("--since", type=_iso_time, default=None, help="ISO date or time (UTC)")
 
@@ -191,12 +195,34 @@ async def _storage_command(args, db, vault) -> int:
             verdict = await audit.verify(session, vault, noted=args.head)
         print(verdict)
         return 0 if verdict.ok else 1
+    elif args.command == "audit" and args.audit_command == "reads":
+        return await _audit_reads(args, db, vault)
     elif args.command == "audit":
         async with db.transaction() as session:
             async for entry in audit.export(session, args.since, vault):
                 print(json.dumps(entry, sort_keys=True))
     elif args.command == "alerts":
         return await _alerts(args, db)
+    return 0
+
+
+async def _audit_reads(args, db, vault) -> int:
+    """`audit reads <customer>`: one line per full card shown (time, Slack user, how), for a
+    data-protection request. An erased customer is still found by external id."""
+    from storage import audit
+    from storage.customers import Customers
+
+    ref = args.customer.strip()
+    async with db.transaction() as session:
+        customers = Customers(session, vault)
+        customer = await customers.by_email(ref) if "@" in ref else None
+        customer = customer or await customers.by_external_id(ref)
+        if customer is None:
+            raise UsageError(f"crm-bot audit reads: no customer {ref[:80]!r}")
+        views = await audit.reads(session, customer.id)
+    for view in views:
+        print(f"{view.at:%Y-%m-%dT%H:%M:%SZ}\t{view.actor}\t{view.via}\tentry {view.seq}")
+    print(f"{len(views)} views of customer {customer.id}")
     return 0
 
 

@@ -26,6 +26,7 @@ from bot.lib.slack_out import SlackOut, make_client
 from bot.runtime import open_storage
 from bot.web import create_metrics_app, create_web_app
 from handlers.deps import Deps
+from storage.crypto import CryptoError
 from storage.departments import sync_from_config
 
 if TYPE_CHECKING:  # imported where used: only a bot with AMQP_URL / SLACK_APP_TOKEN needs them
@@ -120,6 +121,9 @@ class BotService:
         s = self.settings
         token, secret, _ = s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
         db, vault = await open_storage(s, migrate=migrate)
+        if vault.audit_key_missing:  # every audited change would fail: say why, once
+            await db.close()
+            raise CryptoError(f"{vault.audit_key_missing} (`crm-bot audit verify` names it)")
         async with db.transaction() as session:
             await sync_from_config(session, self.config.departments)
         self._http = aiohttp.ClientSession()

@@ -2,7 +2,10 @@
 `Share to channel` buttons, and `@crm-bot <email or external id>` mentions.
 
 The full card goes only to the person who asked (ephemeral); what lands in a channel is the
-redacted card (name, company, tier, stage, owner), so personal data does not spread.
+redacted card (name, company, tier, stage, owner), so personal data does not spread. Every one
+of these reads passes handlers/access.py first (`access.require`), the full card shows the
+fields the reader's departments grant, and each full card shown is recorded in the audit chain
+(handlers/read_audit.py).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from bot.lib.blocks import esc, reply
 from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import (
     Command,
+    Person,
     ack_only,
     lazy,
     parse_click,
@@ -29,6 +33,7 @@ from bot.lib.interaction import (
     tell,
 )
 from bot.lib.slack_out import SlackError, fit_to_limits
+from handlers import access, read_audit
 from handlers.changes import record_change
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
@@ -101,6 +106,7 @@ class Card:
     approvals: list[cards.ApprovalItem]
     notes: list[notes.NoteItem] = field(default_factory=list)
     department_names: dict[str, str] = field(default_factory=dict)
+    fields: frozenset[str] | None = None  # what the reader may see (None: everything)
 
     def full(self) -> dict:
         text, blocks = cards.full_card(
@@ -110,6 +116,7 @@ class Card:
             approvals=self.approvals,
             notes=self.notes,
             department_names=self.department_names,
+            fields=self.fields,
         )
         return answer(text, blocks)
 
@@ -120,7 +127,10 @@ def answer(text: str, blocks: list | None = None) -> dict:
     return reply(text, blocks)
 
 
-async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Card:
+async def load_card(
+    deps: Deps, session: AsyncSession, customer: Customer, fields: frozenset[str] | None = None
+) -> Card:
+    """The card's content; with `fields`, only what they grant is read and decrypted."""
     repo = Customers(session, deps.vault)
     record = repo.read(customer)
     entries = (
@@ -128,12 +138,13 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
             select(TimelineEntry)
             .where(TimelineEntry.customer_id == customer.id, TimelineEntry.kind != notes.KIND)
             .order_by(TimelineEntry.occurred_at.desc())
-            .limit(TIMELINE_ENTRIES)
+            .limit(TIMELINE_ENTRIES * 10 if fields is not None else TIMELINE_ENTRIES)
         )
     ).scalars()
+    visible = [e for e in entries if fields is None or access.timeline_field(e.kind) in fields]
     timeline = [
         cards.TimelineItem(e.occurred_at, e.kind, e.source, _open_summary(deps, customer, e))
-        for e in entries
+        for e in visible[:TIMELINE_ENTRIES]
     ]
     handoffs = (
         await session.execute(
@@ -163,8 +174,11 @@ async def load_card(deps: Deps, session: AsyncSession, customer: Customer) -> Ca
             cards.ApprovalItem(a.kind, a.amount, a.unit, a.department, a.requested_by)
             for a in approvals
         ],
-        await notes.latest(session, deps.vault, customer, limit=NOTES_SHOWN),
+        await notes.latest(session, deps.vault, customer, limit=NOTES_SHOWN)
+        if fields is None or "notes" in fields
+        else [],
         {key: d.name for key, d in departments.items()},
+        fields,
     )
 
 
@@ -176,20 +190,33 @@ def _open_summary(deps: Deps, customer: Customer, entry: TimelineEntry) -> str |
         return None
 
 
-async def card_by_ref(deps: Deps, ref: str) -> Card:
+async def show_card(
+    deps: Deps,
+    reader: access.Access,
+    via: str,
+    *,
+    ref: str | None = None,
+    customer_id: uuid.UUID | None = None,
+) -> dict:
+    """The full card of the customer named by `ref` (or `customer_id`), with the fields the
+    reader sees, recorded in the audit chain in the same transaction; the reader's leads are
+    told when this takes them over the hourly limit."""
     async with deps.db.transaction() as session:
-        customer = await Customers(session, deps.vault).by_ref(ref)
-        if customer is None:
-            raise not_found(ref)
-        return await load_card(deps, session, customer)
-
-
-async def card_by_id(deps: Deps, customer_id: uuid.UUID | None) -> Card:
-    async with deps.db.transaction() as session:
-        customer = await Customers(session, deps.vault).get(customer_id) if customer_id else None
-        if customer is None or customer.erased_at is not None:
-            raise NotFound("That customer is no longer on record.")
-        return await load_card(deps, session, customer)
+        repo = Customers(session, deps.vault)
+        if ref is not None:
+            customer = await repo.by_ref(ref)
+            if customer is None:
+                raise not_found(ref)
+        else:
+            customer = await repo.get(customer_id) if customer_id else None
+            if customer is None or customer.erased_at is not None:
+                raise NotFound("That customer is no longer on record.")
+        card = await load_card(deps, session, customer, reader.fields)
+        over = await read_audit.card_shown(deps, session, reader.reader, customer, via)
+    if over is not None:
+        await read_audit.alert_leads(deps, reader.reader, over)
+    log.info("%s by %s: customer %s", via, reader.reader.user, card.record.id)
+    return card.full()
 
 
 # --- /crm find, /crm show --------------------------------------------------------------------
@@ -197,6 +224,7 @@ async def card_by_id(deps: Deps, customer_id: uuid.UUID | None) -> Card:
 
 async def find(deps: Deps, cmd: Command) -> dict:
     text = search_text(cmd.args)
+    await access.require(deps, cmd.person)
     async with deps.db.transaction() as session:
         records = await Customers(session, deps.vault).search(text, limit=10)
     log.info("/crm find by %s: %d matches", cmd.user, len(records))
@@ -204,16 +232,29 @@ async def find(deps: Deps, cmd: Command) -> dict:
 
 
 async def show(deps: Deps, cmd: Command) -> dict:
-    card = await card_by_ref(deps, customer_ref(cmd.args))
-    log.info("/crm show by %s: customer %s", cmd.user, card.record.id)
-    return card.full()
+    ref = customer_ref(cmd.args)
+    return await show_card(deps, await access.require(deps, cmd.person), "show", ref=ref)
+
+
+async def open_by_id(deps: Deps, person: Person, value: str | None) -> dict:
+    """The card's `Open` button (on search results): the full card, as `show` gives it."""
+    reader = await access.require(deps, person)
+    return await show_card(deps, reader, cards.OPEN, customer_id=parse_customer_id(value))
 
 
 # --- buttons and mentions --------------------------------------------------------------------
 
 
-async def share(deps: Deps, user_id: str, channel: str | None, value: str | None, key: str):
+async def share(
+    deps: Deps,
+    user_id: str,
+    channel: str | None,
+    value: str | None,
+    key: str,
+    team: str | None = None,
+):
     """Post the redacted card in `channel` and remember it; one effect per click."""
+    await access.require(deps, user_id, team)
     if not channel:
         raise UserError("Open the card in a channel to share it there.")
     customer_id = parse_customer_id(value)
@@ -250,11 +291,12 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
     )
 
 
-async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
+async def mention(deps: Deps, event: dict, team: str | None = None) -> tuple[str, list | None]:
     """The answer to `@crm-bot <email or external id>`: the redacted card, or a hint."""
     refs = mention_refs(event.get("text", ""))
     if not refs:
         return MENTION_HINT, None
+    await access.require(deps, str(event.get("user") or ""), team)
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         for ref in refs:
@@ -267,8 +309,7 @@ async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
 async def open_card(deps: Deps, body: dict) -> None:
     """`Open` on a search result: the full card, to the person who clicked."""
     click = parse_click(body)
-    card = (await card_by_id(deps, parse_customer_id(click.value))).full()
-    log.info("customer_open by %s", click.user)
+    card = await open_by_id(deps, click.person, click.value)
     await tell(deps.slack, click.person, card["text"], click.place, card.get("blocks"))
 
 
@@ -276,7 +317,7 @@ async def share_card(deps: Deps, body: dict) -> None:
     """`Share to channel` on a card: the redacted card, once per click."""
     click = parse_click(body)
     key = f"share:{click.value}:{click.channel}:{click.message_ts}:{click.user}"
-    result = await share(deps, click.user, click.channel, click.value, key)
+    result = await share(deps, click.user, click.channel, click.value, key, click.person.team_id)
     await tell(deps.slack, click.person, result["text"], click.place, result.get("blocks"))
 
 
@@ -288,7 +329,7 @@ async def on_mention(deps: Deps, body: dict) -> None:
     async with deps.db.transaction() as session:
         if not await first_time(session, f"mention:{event.channel}:{event.ts}"):
             return  # a retried delivery
-    text, blocks = await mention(deps, event.event)
+    text, blocks = await mention(deps, event.event, event.person.team_id)  # refusals: privately
     await deps.slack.post(event.channel, text, blocks, thread_ts=event.thread_ts or event.ts)
 
 

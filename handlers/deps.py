@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot.lib.slack_out import SlackOut
-from handlers.directory import Directory
+from handlers.directory import Directory, ReaderCache
 from storage.db import Database
 from storage.models import utcnow
 from storage.vault import Vault
@@ -32,6 +32,8 @@ class Deps:
     # (handlers.register_listeners), so the home module imports no capability
     home_sections: dict[str, HomeSection] = field(default_factory=dict)
     directory: Directory = field(init=False)
+    readers: ReaderCache = field(init=False)  # what users.info said (handlers/access.py)
 
     def __post_init__(self) -> None:
         self.directory = Directory(self.db, self.slack)
+        self.readers = ReaderCache(ttl=self.config.access.users_cache_seconds)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 
 from bot.lib.errors import NotFound
 from bot.lib.slack_out import SlackOut
@@ -63,3 +64,32 @@ class Directory:
             if dept.channel_id == channel:
                 return dept
         return None
+
+
+@dataclass(frozen=True)
+class Profile:
+    """What users.info says about a person, as far as access goes."""
+
+    team: str | None
+    guest: bool
+    stranger: bool
+
+
+@dataclass
+class ReaderCache:
+    """users.info answers for `ttl` seconds, and the installation's team (auth.test) for good."""
+
+    ttl: float = 300.0
+    profiles: dict[str, tuple[float, Profile]] = field(default_factory=dict)
+    home_team: str | None = None
+
+    def get(self, user: str) -> Profile | None:
+        hit = self.profiles.get(user)
+        if hit is None or time.monotonic() - hit[0] > self.ttl:
+            return None
+        return hit[1]
+
+    def put(self, user: str, profile: Profile) -> None:
+        if len(self.profiles) > 10_000:  # a bound, not an LRU: forget everything now and then
+            self.profiles.clear()
+        self.profiles[user] = (time.monotonic(), profile)

@@ -10,9 +10,11 @@ import logging
 
 from slack_bolt.async_app import AsyncApp
 
-from bot.lib.blocks.home import home_view
-from bot.lib.interaction import ack_only, lazy, parse_event
+from bot.lib.blocks.home import home_view, refused_view
+from bot.lib.errors import UserError
+from bot.lib.interaction import Person, ack_only, lazy, parse_event
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.deps import Deps
 
 log = logging.getLogger(__name__)
@@ -20,9 +22,15 @@ log = logging.getLogger(__name__)
 SECTIONS = ("handoffs", "approvals")  # the tab's sections, in its order (see home_view)
 
 
-async def publish_home(deps: Deps, user: str) -> None:
-    """Build and publish `user`'s home tab. Never raises for a section that fails: the tab
-    says what could not be loaded, and the failure is logged."""
+async def publish_home(deps: Deps, who: Person | str) -> None:
+    """Build and publish the home tab of `who` (the person who opened it, or a user id). Never
+    raises for a section that fails: the tab says what could not be loaded, and the failure is
+    logged. Someone who may not read customer data gets a tab saying who to ask instead."""
+    user = who.id if isinstance(who, Person) else who
+    checked = await access.check(deps, who)
+    if not checked.decision:  # nothing about customers; who to ask instead
+        await deps.slack.publish_home(user, refused_view(checked.decision.message or ""))
+        return
     problems: list[str] = []
     parts: dict[str, list[dict]] = {}
     for name in SECTIONS:
@@ -65,9 +73,11 @@ async def opened(deps: Deps, body: dict) -> None:
     if event.event.get("tab", "home") != "home" or not event.person.id:
         return
     try:
-        await publish_home(deps, event.person.id)
+        await publish_home(deps, event.person)
     except SlackError as exc:
         log.warning("home tab of %s not published: %s", event.person.id, exc.kind)
+    except UserError as exc:  # the access check could not be made: the old tab stays
+        log.warning("home tab of %s not published: %s", event.person.id, exc)
 
 
 def register(app: AsyncApp, deps: Deps) -> None:

@@ -44,6 +44,7 @@ from bot.lib.interaction import (
     parse_submission,
     tell,
 )
+from handlers import access
 from handlers.changes import Published, record_change
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
@@ -179,6 +180,7 @@ MODAL_TITLE = "Add to customer record"
 
 
 async def note_command(deps: Deps, cmd: Command) -> dict:
+    await access.require(deps, cmd.person)
     ref, text = parse_command(cmd.args)
     done = await add(deps, NewNote(user=cmd.user, text=text, customer_ref=ref, channel=cmd.channel))
     return reply(done or "That note was added already.")
@@ -227,6 +229,7 @@ async def on_card_button(deps: Deps, body: dict) -> None:
     cid = parse_customer_id(click.value)
     if cid is None:
         raise UserError("That button does not name a customer; nothing to do.")
+    await access.require(deps, click.person)
     meta = NoteMeta(customer_id=cid, channel_id=click.channel)
     await open_then_fill(deps.slack, click.trigger_id, MODAL_TITLE, lambda: card_modal(deps, meta))
 
@@ -235,6 +238,7 @@ async def on_shortcut(deps: Deps, body: dict) -> None:
     """ "Add to customer record" on a message: the modal with its text, its link, and the
     customer it names (if any) preselected."""
     shortcut = parse_shortcut(body)
+    await access.require(deps, shortcut.person)
 
     async def fill() -> dict:
         text = message_text(shortcut.message)
@@ -264,6 +268,7 @@ async def submitted(deps: Deps, body: dict) -> None:
     meta, note, errors = note_form(sub)
     if errors or meta is None or note is None:
         return  # answered in the modal by the ack
+    await access.require(deps, sub.person)
     done = await add(deps, note)  # a refusal is raised, and told by the toolkit
     if done:
         await tell(deps.slack, sub.person, done, sub.place)

@@ -1,11 +1,12 @@
 """`/crm pipeline [department|owner]`: open deals by stage, won and lost this month and last,
 and the largest open deals, from the deal rows (storage/deals.py).
 
-Who sees what: `may_see_values(deps, user)` is the one place that decides whether a person
-sees amounts and deal names (and, for the largest deals, the customer's name); until the access
-model (handlers/access.py) lands it is department membership, narrowed by
-`[pipeline] values = [...]` in CRM_CONFIG when set. `department_sees_values` is the same rule
-for a department (the digests). Without values the database is not even asked for amounts.
+Who sees what: only people the access model (handlers/access.py) lets read customer data use
+the command; `may_see_values` decides whether they see amounts and deal names (and, for the
+largest deals, the customer's name): the `deals` card field granted to them, and one of their
+departments among `[pipeline] values = [...]` when that is set. `department_sees_values` is the
+same rule for a department (the digests). Without values the database is not even asked for
+amounts.
 """
 
 from __future__ import annotations
@@ -18,8 +19,9 @@ from sqlalchemy import select
 from bot.lib.blocks import pipeline as render
 from bot.lib.blocks import reply
 from bot.lib.blocks.customers import label
-from bot.lib.errors import Forbidden, NotFound, UserError
+from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import Command
+from handlers import access
 from handlers.commands import CommandRouter
 from handlers.deps import Deps
 from storage import deals
@@ -35,14 +37,19 @@ USER_REF = re.compile(r"^<?@?([UW][A-Z0-9]{2,})(?:\|[^>]*)?>?$")
 def department_sees_values(deps: Deps, department: str | None) -> bool:
     if department is None or department not in deps.config.departments:
         return False
+    granted = deps.config.departments[department].fields
+    if "deals" not in (granted if granted is not None else deps.config.access.fields):
+        return False
     allowed = deps.config.pipeline.values
     return allowed is None or department in allowed
 
 
-async def may_see_values(deps: Deps, user: str) -> bool:
-    """Whether `user` sees deal values and names. (To point at handlers/access.py.)"""
-    mine = await deps.directory.departments_of(user)
-    return any(department_sees_values(deps, d.key) for d in mine)
+def may_see_values(deps: Deps, reader: access.Access) -> bool:
+    """Whether the reader sees deal values and names: the access model grants them the
+    `deals` card field, and one of their departments is among `[pipeline] values`."""
+    return "deals" in reader.fields and any(
+        department_sees_values(deps, d) for d in reader.reader.departments
+    )
 
 
 async def parse_scope(deps: Deps, cmd: Command) -> tuple[deals.Scope, str]:
@@ -107,11 +114,9 @@ async def blocks_of(
 
 
 async def pipeline_command(deps: Deps, cmd: Command) -> dict:
-    mine = await deps.directory.departments_of(cmd.user)
-    if not mine:
-        raise Forbidden("Only members of a department can see the pipeline.")
+    reader = await access.require(deps, cmd.person)
     scope, title = await parse_scope(deps, cmd)
-    values = any(department_sees_values(deps, d.key) for d in mine)  # = may_see_values
+    values = may_see_values(deps, reader)
     blocks = await build(deps, scope, title, values=values)
     log.info("/crm pipeline by %s (values: %s)", cmd.user, values)
     return reply(title, blocks)

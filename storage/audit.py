@@ -49,15 +49,27 @@ def _fields(entry: AuditEntry) -> dict:
     }
 
 
+class MissingKey(CryptoError):
+    """The audit key an entry names is not there (its audit_keys row was deleted)."""
+
+
 def entry_hash(entry: AuditEntry, vault: Vault) -> str:
+    """The entry's hash: HMAC-SHA256 under the key generation it names, or, for an entry from
+    before the chain was keyed (names none, and comes before `keyed_from`), plain SHA-256.
+    An entry that names a generation is checked with that generation's key only: marking it
+    as another, or as unkeyed, does not make a rewritten entry pass."""
     fields = {
         **_fields(entry),
         "details_ct": entry.details_ct.hex() if entry.details_ct else None,
         "prev_hash": entry.prev_hash,
     }
     canonical = json.dumps(fields, sort_keys=True, separators=(",", ":"), default=str).encode()
-    if entry.seq < vault.audit_keyed_from:  # written before the chain was keyed
-        return hashlib.sha256(canonical).hexdigest()
+    if vault.audit_key_missing:
+        raise MissingKey(vault.audit_key_missing)
+    if entry.key_generation is None and entry.seq < vault.audit_keyed_from:
+        return hashlib.sha256(canonical).hexdigest()  # written before the chain was keyed
+    if entry.key_generation not in (None, vault.audit_generation):
+        raise MissingKey(f"audit key generation {entry.key_generation} is not in audit_keys")
     if vault.audit_key is None:
         raise CryptoError("the audit key is not loaded")
     return hmac.new(vault.audit_key, canonical, hashlib.sha256).hexdigest()
@@ -92,6 +104,7 @@ async def append(
         customer_id=customer.id if customer else None,
         data=data or {},
         prev_hash=last.hash if last else GENESIS,
+        key_generation=vault.audit_generation if seq >= vault.audit_keyed_from else None,
     )
     if details and customer is not None:
         entry.details_ct = vault.seal(customer, "audit_log", "details", seq, details)
@@ -151,6 +164,8 @@ async def verify(
 
     A chain cannot show entries removed from its end by itself: `noted`, a head noted earlier
     (printed by `verify`, logged by the bot), must still be in it, unchanged."""
+    if vault.audit_key_missing:
+        return Verdict(False, 0, 1, vault.audit_key_missing)
     prev_hash, expected, checked = GENESIS, 1, 0
     noted_hash = None
     async for entry in _entries(session, batch):
@@ -159,7 +174,11 @@ async def verify(
         if entry.prev_hash != prev_hash:
             problem = "it does not follow the previous entry (moved, or one of them rewritten)"
             return Verdict(False, checked, entry.seq, problem)
-        if entry_hash(entry, vault) != entry.hash:
+        try:
+            digest = entry_hash(entry, vault)
+        except MissingKey as exc:
+            return Verdict(False, checked, entry.seq, str(exc))
+        if digest != entry.hash:
             return Verdict(False, checked, entry.seq, "its content was changed")
         if noted is not None and entry.seq == noted[0]:
             noted_hash = entry.hash
@@ -225,3 +244,59 @@ async def export(
 
 async def count(session: AsyncSession) -> int:
     return (await session.execute(select(func.count()).select_from(AuditEntry))).scalar_one()
+
+
+# --- the read audit ---------------------------------------------------------------------------
+
+CARD_VIEWED = "customer.card_viewed"  # a full card shown to someone (data: {"via": ...})
+READ_ALERT = "access.read_alert"  # someone's leads told they opened many cards in an hour
+
+
+@dataclass(frozen=True)
+class Read:
+    seq: int
+    at: datetime
+    actor: str
+    via: str
+
+
+async def record_view(
+    session: AsyncSession, vault: Vault, *, actor: str, customer: Customer, via: str
+) -> AuditEntry:
+    """A full card of `customer` shown to `actor` through `via` (a command or a button): ids
+    only, nothing of the card itself."""
+    return await append(
+        session,
+        actor=actor,
+        action=CARD_VIEWED,
+        entity_type="customer",
+        entity_id=customer.id,
+        customer=customer,
+        data={"via": via},
+        vault=vault,
+    )
+
+
+async def reads(session: AsyncSession, customer_id: uuid.UUID) -> list[Read]:
+    """Every full card of this customer shown, oldest first: who, when, through what."""
+    rows = await session.execute(
+        select(AuditEntry)
+        .where(AuditEntry.customer_id == customer_id, AuditEntry.action == CARD_VIEWED)
+        .order_by(AuditEntry.seq)
+    )
+    return [Read(e.seq, e.at, e.actor, str((e.data or {}).get("via", "?"))) for e in rows.scalars()]
+
+
+async def customers_viewed(session: AsyncSession, actor: str, since: datetime) -> int:
+    """How many different customers' full cards `actor` was shown since `since`."""
+    stmt = select(func.count(func.distinct(AuditEntry.customer_id))).where(
+        AuditEntry.actor == actor, AuditEntry.action == CARD_VIEWED, AuditEntry.at >= since
+    )
+    return (await session.execute(stmt)).scalar_one()
+
+
+async def alerted_since(session: AsyncSession, actor: str, since: datetime) -> bool:
+    stmt = select(func.count()).where(
+        AuditEntry.action == READ_ALERT, AuditEntry.entity_id == actor, AuditEntry.at >= since
+    )
+    return bool((await session.execute(stmt)).scalar_one())

@@ -7,7 +7,7 @@ Takes a session, never commits: the caller's unit of work does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -25,12 +25,14 @@ OPEN = ("requested", "accepted")
 class HandoffQuery:
     """Which open handoffs a list shows: those to `to_departments`, from `from_departments`,
     or requested by or assigned to `user` (any of these matches); all of them with `everyone`.
-    An empty query matches none."""
+    An empty query matches none. With `within`, only those sent to or from one of those
+    departments (the access model's "party to")."""
 
-    to_departments: tuple[str, ...] = ()
-    from_departments: tuple[str, ...] = ()
+    to_departments: Collection[str] = ()
+    from_departments: Collection[str] = ()
     user: str | None = None
     everyone: bool = False
+    within: Collection[str] = ()
 
 
 @dataclass
@@ -159,9 +161,9 @@ class Handoffs:
         all)."""
         conditions: list[ColumnElement[bool]] = []
         if query.to_departments:
-            conditions.append(Handoff.to_department.in_(query.to_departments))
+            conditions.append(Handoff.to_department.in_(list(query.to_departments)))
         if query.from_departments:
-            conditions.append(Handoff.from_department.in_(query.from_departments))
+            conditions.append(Handoff.from_department.in_(list(query.from_departments)))
         if query.user is not None:
             conditions += [Handoff.requested_by == query.user, Handoff.assignee == query.user]
         if not conditions and not query.everyone:
@@ -169,6 +171,9 @@ class Handoffs:
         where: list[ColumnElement[bool]] = [Handoff.status.in_(OPEN)]
         if conditions:
             where.append(or_(*conditions))
+        if query.within:
+            party = list(query.within)
+            where.append(or_(Handoff.to_department.in_(party), Handoff.from_department.in_(party)))
         total = (
             await self.session.execute(select(func.count()).select_from(Handoff).where(*where))
         ).scalar_one()

@@ -392,6 +392,15 @@ class AuditEntry(Base):
     details_ct: Mapped[bytes | None] = mapped_column(LargeBinary)  # free text, under customer key
     prev_hash: Mapped[str] = mapped_column(String(64))
     hash: Mapped[str] = mapped_column(String(64))
+    # The audit key (audit_keys.id) whose HMAC seals this entry; None: from before the chain
+    # was keyed (plain SHA-256). An entry naming a generation whose key row is gone fails
+    # `audit verify` instead of being taken for an unkeyed one.
+    key_generation: Mapped[int | None] = mapped_column(Integer)
+
+    __table_args__ = (
+        Index("ix_audit_log_customer", "customer_id", "action"),  # `audit reads <customer>`
+        Index("ix_audit_log_actor", "actor", "action", "at"),  # views per person per hour
+    )
 
 
 class ProcessedEvent(Base):

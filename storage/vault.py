@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 
 from sqlalchemy import func, select
@@ -20,6 +21,7 @@ from .crypto import (
 from .models import AuditEntry, AuditKey, Customer, IndexKey
 
 AUDIT_KEY_ROW = 1
+log = logging.getLogger(__name__)
 
 
 def index_key_context(generation: int) -> str:
@@ -43,6 +45,8 @@ class Vault:
         self.indexers: dict[int, BlindIndexer] = {}
         self.audit_key: bytes | None = None  # HMAC key of the audit chain
         self.audit_keyed_from = 1  # the first entry sealed with it
+        self.audit_generation = AUDIT_KEY_ROW  # its row in audit_keys, named by each entry
+        self.audit_key_missing: str | None = None  # why the key could not be had, if so
 
     @property
     def active_generation(self) -> int:
@@ -67,11 +71,34 @@ class Vault:
 
     async def _load_audit_key(self, session: AsyncSession) -> None:
         """The audit chain's key, made when first needed: entries already in the log (from
-        before it existed) keep their plain hashes."""
+        before it existed) keep their plain hashes. Never made again once entries name it:
+        a key row deleted after that would otherwise be replaced quietly and the entries
+        before the new one passed off as unkeyed (rewritten with plain hashes); instead the
+        key is missing (`audit_key_missing`), appends fail and `audit verify` names the row."""
         row = await session.get(AuditKey, AUDIT_KEY_ROW)
         if row is None:
+            generation, sealed = (
+                await session.execute(
+                    select(func.min(AuditEntry.key_generation), func.count(AuditEntry.seq)).where(
+                        AuditEntry.key_generation.is_not(None)
+                    )
+                )
+            ).one()
+            if sealed and generation is not None:  # the min is set whenever the count is
+                self.audit_key, self.audit_generation = None, int(generation)
+                self.audit_key_missing = (
+                    f"the audit key (audit_keys row {generation}) is missing, but {sealed} "
+                    "audit entries were sealed with it: restore that row from a backup"
+                )
+                return
             last = (await session.execute(select(func.max(AuditEntry.seq)))).scalar()
             keyed_from = (last or 0) + 1
+            if last:  # a database from before the key, or a log rewritten to look like one
+                log.warning(
+                    "making the audit key over %d unkeyed audit entries; check them against "
+                    "a noted head (`crm-bot audit verify --head SEQ:HASH`)",
+                    last,
+                )
             key_id, wrapped = self.ring.wrap(new_data_key(), audit_key_context(keyed_from))
             row = AuditKey(
                 id=AUDIT_KEY_ROW, keyed_from=keyed_from, key_id=key_id, wrapped_key=wrapped
@@ -84,6 +111,8 @@ class Vault:
         key = self.ring.unwrap(row.key_id, row.wrapped_key, audit_key_context(row.keyed_from))
         self.audit_key = derive_key(key, b"crm-bot audit chain v1")
         self.audit_keyed_from = row.keyed_from
+        self.audit_generation = row.id
+        self.audit_key_missing = None
 
     async def add_index_key(self, session: AsyncSession, generation: int) -> IndexKey:
         key = new_data_key()

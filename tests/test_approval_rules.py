@@ -110,7 +110,8 @@ def test_money_at_stake(kind, amount, annual, stake):
         ("discount", D("7500"), D("10000"), False),
         ("discount", D("20000"), D("10000"), True),
         ("discount", None, D("10000"), True),  # unknown annual value: a lead decides
-        ("exception", None, D("10000"), False),
+        ("exception", None, D("10000"), True),  # no amount to bound it: always a lead
+        ("exception", None, None, True),
     ],
 )
 def test_needs_lead(kind, stake, limit, needs):
@@ -146,7 +147,9 @@ def facts(**over) -> Facts:
         (facts(stake=D("20000")), MEMBER, True, False, "above_limit"),
         (facts(stake=D("20000")), LEAD, True, True, None),
         (facts(kind="discount", stake=None), MEMBER, True, False, "above_limit"),
-        (facts(kind="exception", stake=None), MEMBER, True, False, None),
+        (facts(kind="exception", stake=None), MEMBER, True, False, "exception"),
+        (facts(kind="exception", stake=None, limit=None), MEMBER, True, False, "exception"),
+        (facts(kind="exception", stake=None), LEAD, True, True, None),
         (facts(expires_at=NOW), MEMBER, True, False, "expired"),
         (facts(expires_at=NOW - timedelta(seconds=1)), LEAD, True, True, "expired"),
         (facts(status="approved", decided_by=LEAD), MEMBER, True, False, "decided"),

@@ -16,7 +16,7 @@ from bot.service import Tuning
 from storage import audit
 from storage.crypto import CryptoError, KeyRing
 from storage.customers import Customers
-from storage.models import utcnow
+from storage.models import AuditKey, utcnow
 from storage.vault import Vault
 
 from .fixtures.bot import bot_settings, start_bot
@@ -136,7 +136,7 @@ async def test_a_tail_rewritten_without_the_master_key_is_named(chain, vault):
         prev = (await session.get(audit.AuditEntry, 2)).hash
         for seq in (3, 4, 5):
             entry = await session.get(audit.AuditEntry, seq)
-            entry.actor, entry.prev_hash = "U0MALLORY", prev
+            entry.actor, entry.prev_hash, entry.key_generation = "U0MALLORY", prev, None
             entry.hash = prev = audit.entry_hash(entry, plain)
     result = await verdict(chain, vault)
     assert not result.ok and result.bad_seq == 3 and "content was changed" in result.problem
@@ -200,10 +200,13 @@ async def test_the_bot_logs_the_head_when_it_moves(chain, db_url, sandbox, vault
 
         first = printed_head(await verdict(chain, vault))
         await eventually(lambda: logged() == [f"audit head {first[0]}:{first[1]}"])
-        await _append(chain, vault, 2)
+        await _append(chain, vault, 2)  # two transactions: the job may log the head between
         second = printed_head(await verdict(chain, vault))
-        await eventually(lambda: len(logged()) == 2)
-        assert logged() == [f"audit head {h[0]}:{h[1]}" for h in (first, second)]
+        last = f"audit head {second[0]}:{second[1]}"
+        await eventually(lambda: logged()[-1] == last)
+        lines = logged()
+        assert lines[0] == f"audit head {first[0]}:{first[1]}" and len(lines) == len(set(lines))
+        assert len(lines) in (2, 3)
     finally:
         await bot.sim.close()
         await bot.service.stop()
@@ -230,6 +233,48 @@ async def test_entries_from_before_the_key_keep_plain_hashes_and_the_cutover_is_
     with pytest.raises(CryptoError):
         async with db.transaction() as session:
             await Vault(ring).load(session)
+
+
+async def test_a_deleted_audit_key_fails_verify_naming_it_and_is_not_replaced(chain, ring):
+    """The key row deleted and an entry rewritten with a plain hash, marked as from before the
+    key: loading the keys makes no new one (the others still name it), verify names the row,
+    appends fail, and the bot refuses to start with one line."""
+    await sql(chain, "DELETE FROM audit_keys")
+    plain = Vault(ring)
+    plain.audit_keyed_from = 10**9
+    async with chain.transaction() as session:
+        entry = await session.get(audit.AuditEntry, 1)
+        entry.actor, entry.key_generation = "U0MALLORY", None
+        entry.hash = audit.entry_hash(entry, plain)
+    after = Vault(ring)
+    async with chain.transaction() as session:
+        await after.load(session)
+        assert await session.get(AuditKey, 1) is None  # not replaced
+    result = await verdict(chain, after)
+    assert not result.ok
+    assert "the audit key (audit_keys row 1) is missing, but 4 audit entries" in result.problem
+    with pytest.raises(CryptoError, match="audit_keys row 1"):
+        await _append(chain, after, 1)
+
+
+async def test_cli_verify_fails_naming_a_deleted_key_row(chain, db_url, tmp_path):
+    env = {"DATABASE_URL": db_url, "CRM_MASTER_KEYS": KEY_LINE}
+    assert run_cli("audit", "verify", env=env, cwd=tmp_path).returncode == 0
+    await sql(chain, "DELETE FROM audit_keys")
+    broken = run_cli("audit", "verify", env=env, cwd=tmp_path)
+    assert broken.returncode == 1, broken.stderr
+    assert broken.stdout.strip().startswith(
+        "broken at entry 1: the audit key (audit_keys row 1) is missing"
+    )
+    again = run_cli("audit", "verify", env=env, cwd=tmp_path)  # still: no new key was made
+    assert again.returncode == 1 and "audit_keys row 1" in again.stdout
+
+
+async def test_an_entry_naming_another_key_generation_is_named(chain, vault):
+    await sql(chain, "UPDATE audit_log SET key_generation = 2 WHERE seq = 3")
+    result = await verdict(chain, vault)
+    assert not result.ok and result.bad_seq == 3
+    assert result.problem == "audit key generation 2 is not in audit_keys"
 
 
 async def _append(db, vault: Vault, n: int) -> None:

@@ -340,6 +340,23 @@ def test_cards_never_leak_private_fields_outside_the_full_card():
     assert all(p in block_texts(full) for p in PRIVATE)
 
 
+def test_the_full_card_shows_only_the_fields_it_is_given():
+    """The access model decides the fields (handlers/access.py); the card shows only those,
+    and always its head."""
+    record = CustomerRecord(id=uuid.uuid4(), external_id="CUST-1", **ADA)
+    record.annual_value = Decimal("12345.67")
+    _, blocks = full_card(record, fields={"email"})
+    shown = block_texts(blocks)
+    assert "ada@example.com" in shown and "Ada Lovelace" in shown and "gold" in shown
+    for hidden in ("7946", "12,345", "secret pricing", "*Open handoffs*", "*Pending approvals*"):
+        assert hidden not in shown, hidden
+    _, blocks = full_card(record, fields={"phone", "annual_value", "notes"})
+    shown = block_texts(blocks)
+    assert "ada@example.com" not in shown and all(
+        p in shown for p in ("7946", "12,345", "secret pricing")
+    )
+
+
 def test_cards_escape_markup():
     record = CustomerRecord(id=uuid.uuid4(), external_id="X", name="<!channel> & co")
     assert "&lt;!channel&gt; &amp; co" in block_texts(short_card(record))

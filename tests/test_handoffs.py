@@ -509,9 +509,11 @@ async def test_handoffs_lists(bot):
         shown = await ask(bot, user, chan, f"handoffs {args}")
         assert says in shown and "Ada Lovelace" in shown and link in shown, shown
     assert "Your open handoffs: none" in await ask(bot, CAROL, SALES, "handoffs mine")
-    assert "Open handoffs to Customer Service: none" in await ask(
+    assert "Open handoffs to Customer Service from your departments: none" in await ask(
         bot, CAROL, SALES, "handoffs service"
     )
+    # another department's list shows only what one's own sent it (handlers/access.py)
+    assert "Ada Lovelace" not in await ask(bot, CAROL, SALES, "handoffs finance")
     assert "No department `legal`" in await ask(bot, CAROL, SALES, "handoffs legal")
     # the App Home section: waiting for Frank's department; nothing for Carol
     assert link in block_texts(await home_section(bot.deps, FRANK))

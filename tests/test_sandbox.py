@@ -12,7 +12,7 @@ from slack_bolt.async_app import AsyncApp
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.sandbox import BOT_USER_ID, Sandbox, SlackClientSim
+from bot.sandbox import BOT_USER_ID, TEAM_ID, Sandbox, SlackClientSim
 from tests.fixtures.slack import BOT_TOKEN, eventually
 
 ALICE, BOB, FRANK = "U0ALICE01", "U0BOB0001", "U0FRANK01"
@@ -81,6 +81,13 @@ async def test_ephemeral_permalink_dm_users(sandbox: Sandbox, slack_client: Asyn
 
     user = await slack_client.users_info(user=ALICE)
     assert user["user"]["real_name"] == "Alice Archer"
+    assert user["user"]["team_id"] == TEAM_ID and not user["user"]["is_restricted"]
+    sandbox.store.users["U0GUEST01"] = {"name": "gus", "is_restricted": True}
+    sandbox.store.users["U0OTHER01"] = {"name": "olga", "team_id": "T0OTHER01", "is_stranger": True}
+    guest = (await slack_client.users_info(user="U0GUEST01"))["user"]
+    assert guest["is_restricted"] and not guest["is_ultra_restricted"]
+    other = (await slack_client.users_info(user="U0OTHER01"))["user"]
+    assert other["team_id"] == "T0OTHER01" and other["is_stranger"]
     group = await slack_client.usergroups_users_list(usergroup="S0SALES01")
     assert group["users"] == [ALICE, BOB]
 

@@ -1,6 +1,21 @@
 """Settings from the environment, and the departments/alerts file (CRM_CONFIG) as typed objects.
 
 Both fail with a `ConfigError` whose message is one readable line; the CLI prints it and exits 2.
+
+Who reads customer data is configured here too (the rules are in handlers/access.py):
+
+    [access]
+    fields = ["email", "phone", "notes", "deals", "tickets", "activity", "handoffs", "approvals"]
+    show_alert_per_hour = 50
+    users_cache_seconds = 300
+
+    [departments.finance]
+    fields = ["email", "phone", "annual_value", "invoices", "approvals"]
+
+`fields` name card fields (`CARD_FIELDS`); a department without `fields` gets `[access]
+fields`, whose default is every field (so a file without them keeps the cards as they were).
+One table for the defaults and one key per department keeps a department's grant next to its
+members, where a reader of the file looks for it.
 """
 
 from __future__ import annotations
@@ -65,6 +80,25 @@ APPROVAL_KINDS = ("discount", "refund", "credit", "exception")
 DEPT_NAME_MAX = 75
 
 
+# What a customer card shows beyond its head (name, company, tier, stage, owner, external id,
+# which every reader sees, as on the redacted card): contact details, notes and value, the
+# latest activity by kind (deals and leads, tickets, invoices and payments, everything else),
+# and the open handoffs and pending approvals about the customer.
+CardField = Literal[
+    "email",
+    "phone",
+    "notes",
+    "annual_value",
+    "deals",
+    "tickets",
+    "invoices",
+    "activity",
+    "handoffs",
+    "approvals",
+]
+CARD_FIELDS: tuple[str, ...] = CardField.__args__  # type: ignore[attr-defined]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -77,6 +111,8 @@ class Department(_Strict):
     usergroup: str | None = None
     leads: tuple[str, ...] = ()
     approval_limit: float | None = Field(default=None, ge=0)
+    # The card fields its members see; unset: `[access] fields`. Its leads see every field.
+    fields: tuple[CardField, ...] | None = None
 
     @field_validator("name")
     @classmethod
@@ -222,8 +258,24 @@ class Digest(_Strict):
         return (self.name or f"{self.department or self.channel}:{self.schedule}")[:64]
 
 
+class AccessRules(_Strict):
+    """Who reads customer data (handlers/access.py holds the rules themselves).
+
+    Members of a configured department use the customer commands; Slack guests, people of
+    another organisation (shared channels) and everyone in no department are refused. A
+    department's members see the card fields of its `fields`, or these; leads see all."""
+
+    fields: tuple[CardField, ...] = CARD_FIELDS  # type: ignore[assignment]
+    # `/crm show` of more customers than this within an hour by one person: their leads are
+    # told (a direct message each), at most once an hour.
+    show_alert_per_hour: int = Field(default=50, ge=1, le=100_000)
+    # How long what users.info said about a person (guest? which organisation?) is trusted.
+    users_cache_seconds: float = Field(default=300, ge=0, le=86_400)
+
+
 class CrmConfig(_Strict):
     departments: dict[str, Department] = Field(default_factory=dict)
+    access: AccessRules = AccessRules()
     handoffs: HandoffRules = HandoffRules()
     approvals: ApprovalRules = ApprovalRules()
     alerts: tuple[AlertRule, ...] = ()

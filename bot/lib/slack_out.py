@@ -593,6 +593,16 @@ class SlackOut:
             if not cursor or not data.get("has_more"):
                 return found
 
+    async def user_info(self, user: str) -> dict[str, Any]:
+        """users.info's `user` object (for the access check: guest, team, stranger)."""
+        data = await self._call("users.info", lambda: self.client.users_info(user=user))
+        return dict(data.get("user") or {})
+
+    async def team_id(self) -> str:
+        """The id of the workspace the bot is installed in (auth.test)."""
+        data = await self._call("auth.test", lambda: self.client.auth_test())
+        return str(data.get("team_id") or "")
+
     async def usergroup_members(self, usergroup: str) -> list[str]:
         """The Slack user ids in a user group (usergroups.users.list)."""
         data = await self._call(

@@ -107,8 +107,14 @@ class SlackClientSim:
 
     # -- payload parts -----------------------------------------------------------------
     def _user(self, user: str) -> dict[str, Any]:
-        name = self.sandbox.store.users.get(user, {}).get("name", user.lower())
-        return {"id": user, "username": name, "name": name, "team_id": TEAM_ID}
+        info = self.sandbox.store.users.get(user, {})
+        name = info.get("name", user.lower())
+        return {"id": user, "username": name, "name": name, "team_id": self.team_of(user)}
+
+    def team_of(self, user: str) -> str:
+        """The workspace a person belongs to: the sandbox's, unless their user entry names
+        another (a person of another organisation in a shared channel)."""
+        return str(self.sandbox.store.users.get(user, {}).get("team_id", TEAM_ID))
 
     def _channel(self, channel: str) -> dict[str, Any]:
         info = self.sandbox.store.channels.get(channel)
@@ -307,7 +313,14 @@ class SlackClientSim:
         store.resolve_channel(channel)
         ts = store.next_ts()
         store.add_message(channel, {"type": "message", "user": user, "text": text, "ts": ts})
-        event = {"type": "app_mention", "user": user, "text": text, "ts": ts, "channel": channel}
+        event = {
+            "type": "app_mention",
+            "user": user,
+            "user_team": self.team_of(user),
+            "text": text,
+            "ts": ts,
+            "channel": channel,
+        }
         return await self.event(event, **options)
 
 

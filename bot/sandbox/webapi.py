@@ -120,19 +120,25 @@ class WebApi:
         if info is None:
             return None
         real = info.get("real_name", info.get("name", user))
+        team = info.get("team_id", TEAM_ID)
         return {
             "id": user,
-            "team_id": TEAM_ID,
+            "team_id": team,
             "name": info.get("name", user.lower()),
             "real_name": real,
             "deleted": bool(info.get("deleted", False)),  # deactivated: still answered, as Slack
             "is_bot": False,
+            # A guest (multi- or single-channel) and a person of another organisation seen in
+            # a shared channel, as Slack reports them; set on the sandbox's user entry.
+            "is_restricted": bool(info.get("is_restricted", False)),
+            "is_ultra_restricted": bool(info.get("is_ultra_restricted", False)),
+            **({"is_stranger": True} if info.get("is_stranger") else {}),
             "tz": info.get("tz", "Europe/Berlin"),
             "profile": {
                 "real_name": real,
                 "display_name": info.get("name", ""),
                 "title": info.get("dept", ""),
-                "team": TEAM_ID,
+                "team": team,
             },
         }
 

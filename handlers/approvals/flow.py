@@ -18,6 +18,7 @@ from bot.lib.blocks.approvals import ApprovalView, outcome_text, request_message
 from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import parse_approval_id
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.approvals import rules
 from handlers.changes import Published, record_change
 from handlers.deps import Deps
@@ -133,7 +134,8 @@ async def create(
     dedupe_key: str | None = None,
 ) -> ApprovalView | None:
     """Record a request and post it to the approving department. None for a repeated request
-    (the same `dedupe_key` seen before)."""
+    (the same `dedupe_key` seen before). Only someone who may read customer data asks."""
+    await access.require(deps, user)
     dept = await approving_department(deps, kind)
     departments = await deps.directory.departments()
     home = await deps.directory.home_of(user, channel)

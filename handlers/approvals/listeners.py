@@ -33,6 +33,7 @@ from bot.lib.interaction import (
     tell,
 )
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.approvals import flow, rules
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
@@ -94,9 +95,11 @@ async def request_command(deps: Deps, cmd: Command) -> dict[str, Any] | None:
 
 
 async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
+    """Pending approvals of the person's departments, or their own (handlers/access.py)."""
     which = cmd.args.strip().lower() or "pending"
     if which not in ("pending", "mine"):
         raise UserError(f"Usage: `/crm {LIST_USAGE}`")
+    await access.require(deps, cmd.person)
     if which == "mine":
         views = await _views(deps, lambda repo: repo.requested_by(cmd.user, limit=20))
         text, blocks = ui.list_reply("Your approval requests", views, "You have asked for none.")
@@ -137,6 +140,7 @@ async def open_request_modal(deps: Deps, body: dict[str, Any]) -> None:
     customer_id = parse_customer_id(click.value)
 
     async def fill() -> dict[str, Any]:
+        await access.require(deps, click.person)
         async with deps.db.transaction() as session:
             customers = Customers(session, deps.vault)
             customer = await customers.get(customer_id) if customer_id else None

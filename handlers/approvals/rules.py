@@ -13,7 +13,8 @@ Who may decide (approve or reject) a request:
   (`money_at_stake`): a refund's or credit's amount as is (the limit is in the company's
   currency; no exchange rates are applied); for a discount, the percentage of the customer's
   annual value (a discount on a customer whose annual value is unknown cannot be bounded, so it
-  needs a lead); an exception has no amount and any member may decide it;
+  needs a lead); an exception has no amount to compare, and being an exception to the rules
+  it always needs a lead (even where no limit is configured);
 - a request expires `expire_after_hours` after it was made (default 72) and can no longer be
   decided.
 """
@@ -167,7 +168,9 @@ def money_at_stake(
 
 
 def needs_lead(kind: str, stake: Decimal | None, limit: Decimal | None) -> bool:
-    if limit is None or kind == "exception":
+    if kind == "exception":
+        return True
+    if limit is None:
         return False
     return stake is None or stake > limit
 
@@ -191,7 +194,7 @@ class Facts:
 
 @dataclass(frozen=True)
 class Refusal:
-    code: str  # decided | expired | own | not_member | above_limit
+    code: str  # decided | expired | own | not_member | above_limit | exception
     message: str
 
 
@@ -208,6 +211,11 @@ def may_decide(
         return Refusal("own", "You cannot decide your own request.")
     if not (is_member or is_lead):
         return Refusal("not_member", f"Only members of {department} can decide this request.")
+    if facts.kind == "exception" and not is_lead:
+        return Refusal(
+            "exception",
+            f"An exception has no amount to bound it: only {department}'s leads can decide it.",
+        )
     if needs_lead(facts.kind, facts.stake, facts.limit) and not is_lead:
         return Refusal(
             "above_limit",

@@ -20,6 +20,7 @@ from bot.lib.blocks.customers import label
 from bot.lib.errors import NotFound, UserError
 from bot.lib.interaction import parse_handoff_id
 from bot.lib.slack_out import SlackError
+from handlers import access
 from handlers.changes import Published, record_change
 from handlers.deps import Deps
 from handlers.handoffs import rules
@@ -123,10 +124,12 @@ async def _find_customer(repo: Customers, req: NewHandoff) -> Customer:
 
 async def create(deps: Deps, req: NewHandoff) -> Created | None:
     """Record a new handoff, post it in the receiving channel and link it on the requester's
-    side. None when `dedupe_key` was seen before (a retried submission)."""
+    side. None when `dedupe_key` was seen before (a retried submission). Only someone who
+    may read customer data hands a customer off (handlers/access.py)."""
     problem = rules.check_note(req.note)
     if problem:
         raise UserError(problem)
+    await access.require(deps, req.user)
     to = await deps.directory.get(req.to)
     home = await deps.directory.home_of(req.user, req.channel)
     problem = rules.check_route(home.key if home else None, to.key)

@@ -26,6 +26,7 @@ from bot.lib.errors import UserError
 from bot.lib.interaction import (
     Command,
     ModalMeta,
+    Person,
     Submission,
     ack_only,
     lazy,
@@ -36,6 +37,7 @@ from bot.lib.interaction import (
     parse_submission,
     tell,
 )
+from handlers import access
 from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
 from handlers.handoffs import flow, rules
@@ -92,19 +94,20 @@ async def handoff_command(deps: Deps, cmd: Command) -> dict[str, Any]:
 
 
 async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
+    """Open handoffs the person's departments are party to (handlers/access.py)."""
     which = rules.parse_list_filter(cmd.args)
+    reader = (await access.require(deps, cmd.person)).reader
     if which == rules.LIST_MINE:
         title, query = "Your open handoffs", HandoffQuery(user=cmd.user)
     elif which == rules.LIST_OPEN:
-        mine = tuple(d.key for d in await deps.directory.departments_of(cmd.user))
-        if mine:
-            title = "Open handoffs to or from your departments"
-            query = HandoffQuery(to_departments=mine, from_departments=mine)
-        else:
-            title, query = "Open handoffs", HandoffQuery(everyone=True)
+        scope = access.list_scope(reader, None)
+        title = "Open handoffs to or from your departments"
+        query = HandoffQuery(to_departments=scope.to, from_departments=scope.sent_from)
     else:
         dept = await deps.directory.get(which)
-        title, query = f"Open handoffs to {dept.name}", HandoffQuery(to_departments=(dept.key,))
+        scope = access.list_scope(reader, dept.key)
+        title = f"Open handoffs to {dept.name}" + (" from your departments" if scope.within else "")
+        query = HandoffQuery(to_departments=scope.to, within=scope.within)
     names = await flow.dept_names(deps)
     async with deps.db.transaction() as session:
         repo = Handoffs(session, deps.vault)
@@ -116,7 +119,7 @@ async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
 
 async def home_section(deps: Deps, user: str) -> list[dict]:
     """The App Home's part: open handoffs the user asked for, is assigned, or that wait for
-    one of their departments."""
+    one of their departments (home.publish_home checked their access first)."""
     mine = tuple(d.key for d in await deps.directory.departments_of(user))
     names = await flow.dept_names(deps)
     async with deps.db.transaction() as session:
@@ -142,8 +145,11 @@ def message_text(message: dict) -> str:
     return clean_text("\n".join(parts))[:5000]
 
 
-async def create_modal(deps: Deps, user: str, meta: CreateMeta) -> dict[str, Any]:
-    """The `Hand off` modal for a customer; a UserError when there is nothing to hand off."""
+async def create_modal(deps: Deps, who: Person, meta: CreateMeta) -> dict[str, Any]:
+    """The `Hand off` modal for a customer; a UserError when there is nothing to hand off, or
+    when `who` may not read customer data."""
+    await access.require(deps, who)
+    user = who.id
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         customer = await repo.get(meta.customer_id)
@@ -258,13 +264,14 @@ async def on_card_button(deps: Deps, body: dict) -> None:
         raise UserError("That button does not name a customer; nothing to do.")
     meta = CreateMeta(customer_id=cid, channel_id=click.channel)
     await open_then_fill(
-        deps.slack, click.trigger_id, MODAL_TITLE, lambda: create_modal(deps, click.user, meta)
+        deps.slack, click.trigger_id, MODAL_TITLE, lambda: create_modal(deps, click.person, meta)
     )
 
 
 async def on_shortcut(deps: Deps, body: dict) -> None:
     """The "Hand off customer" message shortcut: the modal, with the message as context."""
     shortcut = parse_shortcut(body)
+    await access.require(deps, shortcut.person)  # first: a refusal says nothing of a customer
     refs = rules.customer_refs(message_text(shortcut.message))
     # Looked up before the modal opens (one blind-index query), so a message that names no
     # customer gets an answer and no modal; the rest is filled in after it opens.
@@ -277,7 +284,7 @@ async def on_shortcut(deps: Deps, body: dict) -> None:
     async def fill() -> dict[str, Any]:
         link = await flow.permalink(deps, shortcut.channel, shortcut.message_ts)
         meta = CreateMeta(customer_id=cid, channel_id=shortcut.channel, context=link)
-        return await create_modal(deps, shortcut.user, meta)
+        return await create_modal(deps, shortcut.person, meta)
 
     await open_then_fill(deps.slack, shortcut.trigger_id, MODAL_TITLE, fill)
 

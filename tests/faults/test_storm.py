@@ -14,9 +14,10 @@ from sqlalchemy import text
 
 from storage.db import Database
 from tests.fixtures.bot import SALES, SERVICE
+from tests.poll import eventually
 
 from .books import check_books, settled
-from .harness import BotProcess, Stack, deadline_poll
+from .harness import BotProcess, Stack
 from .stream import EventStream
 
 STORM = 100  # escalations
@@ -68,7 +69,7 @@ async def run_storm(stack: Stack, stream: EventStream, *, kill: bool) -> None:
             escalate(stream, customers[5:], per_second=(STORM - 5) / STORM_SECONDS)
         )
         if kill:
-            await deadline_poll(lambda: len(stream.published) >= STORM + 5 + 45, 60)
+            await eventually(lambda: len(stream.published) >= STORM + 5 + 45, 60)
             pid = await holder(db, SALES)
             victim: BotProcess = next(b for b in bots if b.pid == pid)
             await victim.kill()

@@ -4,12 +4,13 @@
   messages (alerts, handoffs, approvals) reuse; no contact details, value or notes.
 - `redacted_card(record)`: what `Share to channel` and mentions post in a channel: name,
   company, tier, stage and owner only.
-- `full_card(...)`: everything the bot knows, shown only to the person who asked.
+- `full_card(...)`: everything the bot knows that the asker may see (`fields`, decided by
+  handlers/access.py), shown only to them.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
@@ -119,31 +120,47 @@ def full_card(
     approvals: Sequence[ApprovalItem] = (),
     notes: Sequence[NoteItem] = (),
     department_names: dict[str, str] | None = None,
+    fields: Collection[str] | None = None,
 ) -> tuple[str, list[Block]]:
-    """(fallback text, blocks): the whole card, for the asker's eyes only. Notes newest
-    first, each with its author, department and a link to the Slack message."""
+    """(fallback text, blocks): the card, for the asker's eyes only. `fields` are the card
+    fields the asker may see (bot.lib.config.CARD_FIELDS; None: all); the caller passes only
+    the timeline entries those fields allow. The head (name, company, tier, stage, owner,
+    external id) is always shown. Notes newest first, each with its author, department and a
+    link to the Slack message (under the `notes` field)."""
     cid = str(record.id)
-    fields = [
-        f"*Email*\n{esc(clip(record.email, 200) or '-')}",
-        f"*Phone*\n{esc(clip(record.phone, 60) or '-')}",
+
+    def shown(name: str) -> bool:
+        return fields is None or name in fields
+
+    facts = []
+    if shown("email"):
+        facts.append(f"*Email*\n{esc(clip(record.email, 200) or '-')}")
+    if shown("phone"):
+        facts.append(f"*Phone*\n{esc(clip(record.phone, 60) or '-')}")
+    facts += [
         f"*Tier*\n{esc(record.tier or '-')}",
         f"*Stage*\n{esc(record.lifecycle_stage or '-')}",
         f"*Owner*\n{owner(record)}",
-        f"*Annual value*\n{money(record.annual_value)}",
     ]
+    if shown("annual_value"):
+        facts.append(f"*Annual value*\n{money(record.annual_value)}")
     blocks: list[Block] = [
         header(label(record)),
         section(
             f"{_title(record)}\nExternal id: `{esc(clip(record.external_id, 80))}`",
-            fields=fields,
+            fields=facts,
         ),
     ]
-    if record.notes:
+    if record.notes and shown("notes"):
         blocks.append(section(f"*Notes*\n{esc(clip(record.notes, NOTES_LIMIT))}"))
     blocks.append(divider())
-    blocks.append(section("*Open handoffs*\n" + _lines([_handoff_line(h) for h in handoffs])))
-    blocks.append(section("*Pending approvals*\n" + _lines([_approval_line(a) for a in approvals])))
-    blocks.append(notes_section(notes, department_names or {}))
+    if shown("handoffs"):
+        blocks.append(section("*Open handoffs*\n" + _lines([_handoff_line(h) for h in handoffs])))
+    if shown("approvals"):
+        lines = [_approval_line(a) for a in approvals]
+        blocks.append(section("*Pending approvals*\n" + _lines(lines)))
+    if shown("notes"):
+        blocks.append(notes_section(notes, department_names or {}))
     blocks.append(section("*Latest activity*\n" + _lines([_timeline_line(t) for t in timeline])))
     blocks.append(
         actions(

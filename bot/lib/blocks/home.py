@@ -50,3 +50,9 @@ def home_view(
     if problems:
         blocks.append(context(f"Could not load: {', '.join(problems)}. Open the tab again later."))
     return {"type": "home", "blocks": blocks}
+
+
+def refused_view(refusal: str) -> dict[str, Any]:
+    """The tab of someone who may not read customer data: why, and who to ask (the refusal
+    is built by handlers/access.py from configured ids)."""
+    return {"type": "home", "blocks": [header("crm-bot"), section(refusal)]}

@@ -2,7 +2,7 @@
 budget per channel, storm roll-ups, and threads whose top-level message is their first alert
 
 Revision ID: 0008
-Revises: 0006
+Revises: 0007
 Create Date: 2026-12-02 10:45:00
 """
 
@@ -12,7 +12,7 @@ from alembic import op
 import storage.models
 
 revision = "0008"
-down_revision = "0006"
+down_revision = "0007"
 branch_labels = None
 depends_on = None
 
