@@ -33,6 +33,7 @@ async def slack_error(call: Any) -> str:
 async def test_post_update_replies_history(sandbox: Sandbox, slack_client: AsyncWebClient):
     auth = await slack_client.auth_test()
     assert auth["user_id"] == BOT_USER_ID
+    await slack_client.conversations_join(channel=SALES)  # history needs membership
 
     parent = await slack_client.chat_postMessage(channel=SALES, text="hi", blocks=[section("hi")])
     assert parent["ok"] and parent["channel"] == SALES
@@ -102,7 +103,7 @@ async def test_home_and_views(sandbox: Sandbox, slack_client: AsyncWebClient):
     view_id = opened["view"]["id"]
     assert sandbox.store.views(ALICE)[0]["private_metadata"] == '{"id": 1}'
     assert await slack_error(slack_client.views_open(trigger_id=trigger, view=modal)) == (
-        "invalid_trigger_id"
+        "exchanged_trigger_id"
     )
     await slack_client.views_update(view_id=view_id, view={**modal, "blocks": [section("two")]})
     assert sandbox.store.view(view_id)["blocks"][0]["text"]["text"] == "two"
@@ -155,6 +156,7 @@ async def test_other_errors(sandbox: Sandbox, slack_client: AsyncWebClient):
     assert await slack_error(slack_client.chat_update(channel=SALES, ts="1.2", text="x")) == (
         "message_not_found"
     )
+    await slack_client.conversations_join(channel=SALES)
     assert await slack_error(slack_client.conversations_replies(channel=SALES, ts="1.2")) == (
         "thread_not_found"
     )
@@ -198,6 +200,7 @@ async def test_history_and_replies_page_and_show_metadata_only_when_asked(
     sandbox: Sandbox, slack_client: AsyncWebClient
 ):
     meta = {"event_type": "crm_bot_post", "event_payload": {"key": "k"}}
+    await slack_client.conversations_join(channel=SALES)
     parent = await slack_client.chat_postMessage(channel=SALES, text="p", metadata=meta)
     for n in range(5):
         await slack_client.chat_postMessage(

@@ -11,14 +11,18 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
+from collections.abc import Iterable
 from typing import Any
 
 from aiohttp import web
 
 from bot.sandbox import views, webapi
-from bot.sandbox.faults import Fault, Faults, RateLimit
+from bot.sandbox.faults import Fault, Faults
+from bot.sandbox.limits import MAX_TEXT, block_errors
+from bot.sandbox.rules import METHOD_SCOPES, RateLimits
 from bot.sandbox.socket_mode import SocketModeLink
-from bot.sandbox.store import Call, Ephemeral, Store
+from bot.sandbox.store import BOT_USER_ID, Call, Ephemeral, Store
 from bot.sandbox.webapi import WebApi, error
 
 log = logging.getLogger(__name__)
@@ -46,7 +50,28 @@ DEMO_USERGROUPS: dict[str, list[str]] = {
     "S0FINANCE": ["U0FRANK01", "U0GRACE01"],
 }
 
+RESPONSE_URL_USES = 5
+RESPONSE_URL_TTL = 30 * 60.0
+
 ERROR_PAGE = "<html><body><h1>{status}</h1><p>Slack is having trouble.</p></body></html>"
+
+
+def response_body_error(body: dict[str, Any]) -> str | None:
+    """What Slack answers a response_url (or a command's acknowledgement) whose message it
+    refuses: the same Block Kit and text limits as chat.postMessage; None when accepted."""
+    if body.get("delete_original"):
+        return None
+    blocks = body.get("blocks")
+    text = body.get("text")
+    if blocks is not None and not isinstance(blocks, list):
+        return "invalid_blocks_format"
+    if not text and not blocks and not body.get("attachments"):
+        return "no_text"
+    if text and len(str(text)) > MAX_TEXT:
+        return "msg_too_long"
+    if blocks and block_errors(blocks):
+        return "invalid_blocks"
+    return None
 
 
 async def _read_args(request: web.Request) -> dict[str, Any]:
@@ -78,19 +103,27 @@ class Sandbox:
         auto_channels: bool = True,
         page: bool = False,
         app_token: str | None = None,
+        scopes: Iterable[str] | None = None,
+        rate_limits: bool = True,
     ) -> None:
+        """`scopes`: the bot scopes the workspace granted (read them from the app's manifest
+        with `bot.sandbox.rules.scopes_from_manifest`); None grants every scope. Slack's rate
+        limits are on unless `rate_limits=False`."""
         self.bot_token = bot_token
+        self.scopes = None if scopes is None else frozenset(scopes)
         self.socket_mode = SocketModeLink(app_token)  # for a bot given this app-level token
+        if channels is None:  # the demo workspace: everyone is in every channel, the bot in none
+            channels = {c: {**i, "members": list(DEMO_USERS)} for c, i in DEMO_CHANNELS.items()}
         self.store = Store(
-            channels=DEMO_CHANNELS if channels is None else channels,
+            channels=channels,
             users=DEMO_USERS if users is None else users,
             usergroups=DEMO_USERGROUPS if usergroups is None else usergroups,
             auto_channels=auto_channels,
         )
-        self.faults = Faults()
+        self.faults = Faults(rate_limits)
         self.url = ""
         methods = {**webapi.METHODS, **views.METHODS}
-        self.webapi = WebApi(self.store, lambda: self.url, methods)
+        self.webapi = WebApi(self.store, lambda: self.url, methods, self.scopes)
         self.app = web.Application()
         self.app.router.add_route("*", "/api/{method}", self._api)
         self.app.router.add_post("/response/{token}", self._response_url)
@@ -156,8 +189,30 @@ class Sandbox:
         self.faults.add(Fault(method, status, times, retry_after, error, disconnect, applied))
 
     def rate_limit(self, per_channel_per_second: float = 1.0, burst: int = 1) -> None:
-        """Answer chat.postMessage with 429 when one channel gets posts faster than this."""
-        self.faults.rate_limit = RateLimit(per_channel_per_second, burst)
+        """Slack's rate limits, with chat.postMessage answered 429 when one channel gets posts
+        faster than this (Slack's own: 1 a second, short bursts allowed)."""
+        self.faults.rate_limits = RateLimits(per_channel_per_second, burst)
+
+    def rate_limits_off(self) -> None:
+        """No rate limits at all. A test that calls this says why in a comment."""
+        self.faults.rate_limits = None
+
+    def invite(self, channel: str, user: str = BOT_USER_ID) -> None:
+        """Someone invites `user` (the bot by default) into `channel`: how the bot gets into
+        a private channel (conversations.join works only for public ones)."""
+        self.store.add_member(channel, user)
+
+    def deactivate(self, user: str) -> None:
+        """An admin deactivates `user`: users.info shows `deleted`, they leave every channel."""
+        self.store.users[user] = {**self.store.users.get(user, {}), "deleted": True}
+        for info in self.store.channels.values():
+            if user in info["members"]:
+                info["members"].remove(user)
+
+    def call_counts(self, since: int = 0) -> Counter[str]:
+        """Web API calls by method, from the `since`-th call on (`len(store.calls())` taken
+        before an action counts that action's calls)."""
+        return Counter(c.method for c in self.store.calls()[since:])
 
     def clear_faults(self) -> None:
         self.faults.clear()
@@ -175,7 +230,13 @@ class Sandbox:
         self, user: str, channel: str | None, message_ts: str | None = None
     ) -> str:
         token = secrets.token_urlsafe(12)
-        self.store.response_urls[token] = {"user": user, "channel": channel, "ts": message_ts}
+        self.store.response_urls[token] = {
+            "user": user,
+            "channel": channel,
+            "ts": message_ts,
+            "issued": time.monotonic(),
+            "uses": 0,
+        }
         return f"{self.url}/response/{token}"
 
     # -- handlers ----------------------------------------------------------------------
@@ -208,6 +269,13 @@ class Sandbox:
         args.pop("token", None)
         if auth_error:
             return self._answer(name, logged, 200, error(auth_error), started)
+        needed = METHOD_SCOPES.get(name)
+        if needed and self.scopes is not None and needed not in self.scopes:
+            # Slack answers a method whose scope the token lacks with missing_scope, naming
+            # the scope `needed` and the ones `provided` (docs.slack.dev/apis/web-api,
+            # "Errors"); the call does nothing.
+            body = error("missing_scope", needed=needed, provided=",".join(sorted(self.scopes)))
+            return self._answer(name, logged, 200, body, started)
         retry_after = self.faults.throttle(name, args.get("channel"))
         if retry_after is not None:
             return self._answer(
@@ -249,11 +317,24 @@ class Sandbox:
         target = self.store.response_urls.get(request.match_info["token"])
         if target is None:
             return web.Response(status=404, text="no_such_response_url")
+        # "You can use a response_url up to 5 times within 30 minutes of receiving it"
+        # (docs.slack.dev/interactivity/handling-user-interaction, responding to interactions).
+        if time.monotonic() - target["issued"] > RESPONSE_URL_TTL:
+            return web.Response(status=404, text="expired_url")
+        if target["uses"] >= RESPONSE_URL_USES:
+            return web.Response(status=404, text="used_url")
         try:
             body = await request.json()
         except ValueError:
             return web.Response(status=400, text="invalid_payload")
-        self.apply_response(target, body if isinstance(body, dict) else {})
+        body = body if isinstance(body, dict) else {}
+        problem = response_body_error(body)
+        if problem is not None:
+            self.store.record_call(Call("response_url", body, 400, problem, time.monotonic()))
+            return web.Response(status=400, text=problem)
+        target["uses"] += 1
+        self.store.record_call(Call("response_url", body, 200, {"ok": True}, time.monotonic()))
+        self.apply_response(target, body)
         return web.Response(text="ok")
 
     def apply_response(self, target: dict[str, Any], body: dict[str, Any]) -> None:
