@@ -14,7 +14,7 @@ from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import build_bolt_app, drain, jobs, sync_handler
+from bot.app import build_bolt_app, drain, jobs, startup, sync_handler
 from bot.lib.config import ConfigError, CrmConfig, Settings
 from bot.lib.metrics import broker_connected
 from bot.lib.slack_out import SlackOut, make_client
@@ -108,6 +108,7 @@ class BotService:
         client = make_client(s.slack_bot_token, s.slack_api_url, session=self._http)
         slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
+        await startup(deps)
         bolt = build_bolt_app(s, deps)
         self._lazy = bolt.listener_runner.lazy_listener_runner
         if s.amqp_url:

@@ -55,6 +55,28 @@ def limit_text(limit: Decimal | None) -> str:
     return "none" if limit is None else f"{limit:,.2f}"
 
 
+# --- joining -------------------------------------------------------------------------------
+
+
+async def join_channels(deps: Deps, channels: set[str] | None = None) -> dict[str, str]:
+    """Join the department channels (all, or `channels`), so the bot can read back its own
+    posts there: Slack answers conversations.history only to members (`not_in_channel`), and
+    `chat:write.public` lets it post without joining but not read. Returns {channel: why not}
+    for those it is not in: a private channel cannot be joined, only invited to (its lead
+    invites the bot), and a Slack error leaves a channel for the next start or link."""
+    if channels is None:
+        channels = {d.channel_id for d in (await deps.directory.departments()).values()}
+    missing: dict[str, str] = {}
+    for channel_id in sorted(c for c in channels if c):
+        try:
+            await deps.slack.join(channel_id)
+        except SlackError as exc:
+            missing[channel_id] = exc.kind
+    if missing:
+        log.warning("not in %d department channels: %s", len(missing), sorted(missing.items()))
+    return missing
+
+
 # --- listeners -------------------------------------------------------------------------------
 
 
@@ -100,6 +122,7 @@ async def link(deps: Deps, cmd: Command, key: str) -> dict:
             vault=deps.vault,
         )
     log.info("department %s linked to %s by %s", department.key, cmd.channel, cmd.user)
+    await join_channels(deps, {cmd.channel})
     return reply(
         f"Linked <#{cmd.channel}> to {department.name}: its handoffs, approvals and alerts"
         " now come here."

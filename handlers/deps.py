@@ -15,6 +15,7 @@ from storage.vault import Vault
 if TYPE_CHECKING:
     from bot.lib.config import CrmConfig
     from handlers.directory import Directory
+    from handlers.home import Homes
 
 
 @dataclass
@@ -26,8 +27,11 @@ class Deps:
     clock: Callable[[], datetime] = utcnow
     wake_outbox: Callable[[], None] = lambda: None
     directory: Directory = field(init=False)
+    homes: Homes = field(init=False)
 
     def __post_init__(self) -> None:
         from handlers.directory import Directory
+        from handlers.home import Homes
 
         self.directory = Directory(self)
+        self.homes = Homes(self)

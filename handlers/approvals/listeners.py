@@ -86,12 +86,10 @@ def _input(view: dict[str, Any], ids: tuple[str, str]) -> dict[str, Any]:
 
 
 async def tell(deps: Deps, user: str, channel: str | None, text: str) -> None:
-    """An answer only `user` sees: ephemeral where they clicked, else a direct message."""
+    """An answer only `user` sees: ephemeral where they clicked, else (or when Slack refuses
+    it there) a direct message."""
     try:
-        if channel and not channel.startswith("D"):
-            await deps.slack.ephemeral(channel, user, text)
-        else:
-            await deps.slack.dm(user, text)
+        await deps.slack.tell(user, channel, text)
     except SlackError as exc:
         log.warning("could not answer %s: %s", user, exc.kind)
 

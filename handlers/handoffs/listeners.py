@@ -127,14 +127,8 @@ async def safely(what: str, work: Awaitable[Any]) -> tuple[Any, str | None]:
 
 async def tell(deps: Deps, channel: str | None, user: str, text: str) -> None:
     """An ephemeral answer where the person is, or a DM when that is not possible."""
-    if channel:
-        try:
-            await deps.slack.ephemeral(channel, user, text)
-            return
-        except SlackError as exc:
-            log.warning("ephemeral answer failed (%s); sending a DM", exc.kind)
     try:
-        await deps.slack.dm(user, text)
+        await deps.slack.tell(user, channel, text)
     except SlackError as exc:
         log.warning("DM answer failed (%s)", exc.kind)
 
