@@ -26,6 +26,13 @@ from tests.fixtures.slack import BOT_TOKEN
 SALES, FINANCE, ALICE = "C0SALES01", "C0FINANCE", "U0ALICE01"
 
 
+@pytest.fixture(autouse=True)
+def _bot_in_sales(sandbox: Sandbox) -> None:
+    """The bot is a member of SALES, as it is of every department channel once it started
+    (it joins them): SlackOut looks for its keyed posts there, which needs membership."""
+    sandbox.invite(SALES)
+
+
 def section(text: str, **extra: Any) -> dict[str, Any]:
     return {"type": "section", "text": {"type": "mrkdwn", "text": text}, **extra}
 
@@ -110,7 +117,8 @@ _block = st.one_of(
     _text.map(section),
     _text.map(header),
     _text.map(context),
-    st.tuples(st.integers(0, 14), st.integers(0, 2100)).map(lambda t: fields(*t)),
+    # a section needs text or at least one field (slack_sdk's model, like Slack, refuses none)
+    st.tuples(st.integers(1, 14), st.integers(0, 2100)).map(lambda t: fields(*t)),
     _text.map(lambda t: {"type": "actions", "elements": [button(t[:100] or "b")]}),
 )
 
@@ -140,7 +148,12 @@ async def test_post_update_ephemeral_permalink_views_dm(sandbox: Sandbox, slack_
 
     home = await slack_out.publish_home(ALICE, {"type": "home", "blocks": [section("x" * 4000)]})
     assert len(sandbox.store.home(ALICE)["blocks"][0]["text"]["text"]) == 3000
-    modal = {"type": "modal", "title": {"type": "plain_text", "text": "M"}, "blocks": []}
+    # a view holds 1 to 100 blocks (slack_sdk's View, as Slack)
+    modal = {
+        "type": "modal",
+        "title": {"type": "plain_text", "text": "M"},
+        "blocks": [section("m")],
+    }
     view = await slack_out.open_view(sandbox.issue_trigger(ALICE), modal)
     await slack_out.update_view(view["id"], {**modal, "blocks": [section("more")]})
     assert sandbox.store.views(ALICE)[0]["blocks"] == [section("more")]
@@ -281,6 +294,9 @@ async def test_burst_is_paced_in_order_within_the_channel_rate(
 
 
 async def test_no_pacing_when_interval_is_zero(sandbox: Sandbox, slack_client: AsyncWebClient):
+    # Rate limits off: this checks that SlackOut itself holds nothing back; Slack's
+    # per-channel limit (1 a second after a burst of 5) would refuse part of the burst.
+    sandbox.rate_limits_off()
     out = SlackOut(slack_client, per_channel_interval=0)
     await asyncio.gather(*(out.post(SALES, f"m{i}") for i in range(10)))
     assert len(sandbox.store.messages(SALES)) == 10
