@@ -20,7 +20,12 @@ from aiohttp import web
 from bot.sandbox import views, webapi
 from bot.sandbox.faults import Fault, Faults
 from bot.sandbox.limits import MAX_TEXT, block_errors
-from bot.sandbox.rules import METHOD_SCOPES, RateLimits
+from bot.sandbox.rules import (
+    METHOD_SCOPES,
+    POST_BURST,
+    POST_PER_CHANNEL_PER_SECOND,
+    RateLimits,
+)
 from bot.sandbox.socket_mode import SocketModeLink
 from bot.sandbox.store import BOT_USER_ID, Call, Ephemeral, Store
 from bot.sandbox.webapi import WebApi, error
@@ -188,9 +193,11 @@ class Sandbox:
             status = 200
         self.faults.add(Fault(method, status, times, retry_after, error, disconnect, applied))
 
-    def rate_limit(self, per_channel_per_second: float = 1.0, burst: int = 1) -> None:
-        """Slack's rate limits, with chat.postMessage answered 429 when one channel gets posts
-        faster than this (Slack's own: 1 a second, short bursts allowed)."""
+    def rate_limit(
+        self, per_channel_per_second: float = POST_PER_CHANNEL_PER_SECOND, burst: int = POST_BURST
+    ) -> None:
+        """Slack's rate limits (afresh), with chat.postMessage answered 429 when one channel
+        gets posts faster than this (Slack's own: 1 a second, short bursts allowed)."""
         self.faults.rate_limits = RateLimits(per_channel_per_second, burst)
 
     def rate_limits_off(self) -> None:
@@ -201,6 +208,15 @@ class Sandbox:
         """Someone invites `user` (the bot by default) into `channel`: how the bot gets into
         a private channel (conversations.join works only for public ones)."""
         self.store.add_member(channel, user)
+
+    def kick(self, channel: str, user: str = BOT_USER_ID) -> None:
+        """Someone removes `user` (the bot by default) from `channel`."""
+        info = self.store.channels[channel]
+        if user == BOT_USER_ID:
+            info["is_member"] = False
+        elif user in info["members"]:
+            info["members"].remove(user)
+        self.store.emit("channel", channel=info)
 
     def deactivate(self, user: str) -> None:
         """An admin deactivates `user`: users.info shows `deleted`, they leave every channel."""
