@@ -23,7 +23,7 @@ from bot.sandbox import Sandbox
 from bot.sandbox.limits import block_errors
 from tests.fixtures.slack import BOT_TOKEN
 
-SALES, FINANCE, ALICE = "C0SALES01", "C0FINANCE", "U0ALICE01"
+SALES, FINANCE, ALICE, BOB = "C0SALES01", "C0FINANCE", "U0ALICE01", "U0BOB0001"
 
 
 @pytest.fixture(autouse=True)
@@ -300,3 +300,25 @@ async def test_no_pacing_when_interval_is_zero(sandbox: Sandbox, slack_client: A
     out = SlackOut(slack_client, per_channel_interval=0)
     await asyncio.gather(*(out.post(SALES, f"m{i}") for i in range(10)))
     assert len(sandbox.store.messages(SALES)) == 10
+
+
+# -- answers to a person -------------------------------------------------------------------
+def test_reply_bodies_are_fitted_to_what_slack_accepts():
+    from bot.lib.blocks import reply
+    from bot.sandbox.server import response_body_error
+
+    # `/crm handoffs` could answer with a 3,600-character section through respond
+    body = reply("t" * 41_000, [section("x" * 3600)] * 60)
+    assert response_body_error(body) is None
+
+
+async def test_tell_falls_back_to_a_dm_where_an_ephemeral_cannot_go(
+    sandbox: Sandbox, slack_out: SlackOut
+):
+    sandbox.store.add_channel("C0OTHER01", name="other", members=[ALICE])
+    await slack_out.tell(ALICE, "C0OTHER01", "here")
+    assert [e.text for e in sandbox.store.ephemerals(ALICE, "C0OTHER01")] == ["here"]
+    await slack_out.tell(BOB, "C0OTHER01", "not here")  # Bob is not in that channel
+    assert [m["text"] for m in sandbox.store.dms(BOB)] == ["not here"]
+    await slack_out.tell(BOB, "G0GONE001", "gone")  # a private channel the bot is not in
+    assert [m["text"] for m in sandbox.store.dms(BOB)] == ["not here", "gone"]
