@@ -62,7 +62,9 @@ def test_settings_point_at_one_endpoint(manifest):
 
 def test_scopes_are_the_smallest_set_used(manifest):
     # Each scope and what needs it: commands (/crm), chat:write (posts, updates, ephemerals),
-    # chat:write.public (department channels without joining), app_mentions:read (app_mention),
+    # chat:write.public (department channels without joining), channels:join
+    # (conversations.join: the bot joins them at start to read back its posts),
+    # app_mentions:read (app_mention),
     # users:read (users.info), usergroups:read (usergroups.users.list), im:write
     # (conversations.open), channels:history, groups:history and im:history
     # (conversations.history and .replies, to find the bot's own earlier post when a retry does
@@ -73,6 +75,7 @@ def test_scopes_are_the_smallest_set_used(manifest):
             "commands",
             "chat:write",
             "chat:write.public",
+            "channels:join",
             "app_mentions:read",
             "users:read",
             "usergroups:read",
