@@ -72,8 +72,12 @@ async def join_channels(deps: Deps, channels: set[str] | None = None) -> dict[st
             await deps.slack.join(channel_id)
         except SlackError as exc:
             missing[channel_id] = exc.kind
-    if missing:
-        log.warning("not in %d department channels: %s", len(missing), sorted(missing.items()))
+    if missing:  # a private channel answers method_not_supported_for_channel_type, joined or not
+        log.warning(
+            "could not join %d department channels (a private one needs an invitation): %s",
+            len(missing),
+            sorted(missing.items()),
+        )
     return missing
 
 
