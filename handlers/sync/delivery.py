@@ -333,7 +333,7 @@ class Delivery:
             items = left
         coalesce = self.window > 0
         for batch in alerts.batches(items, coalesce=coalesce):
-            post_key = batch_key(round_id, batch, coalesce)
+            post_key = batch_key(round_id, batch, coalesce, about.id)
             lines = [p.line for p in batch.items]
             if batch.placement == alerts.TOP_LEVEL:
                 text, blocks = alert_message(lines, customer=about.record)
@@ -383,7 +383,7 @@ class Delivery:
             await self._record(_Done(threads=[(about.id, channel, thread_ts)]))
         if thread_ts is not None and any(p.placement == alerts.THREAD for p in tried):
             posts |= await slack.keyed_posts(channel, since, thread_ts)
-        found = {p.key: ts for p in tried if (ts := _posted(posts, p))}
+        found = {p.key: ts for p in tried if (ts := _posted(posts, p, about.id))}
         if found:
             settled = [(key, ledger.POSTED, ts, None) for key, ts in found.items()]
             await self._record(_Done(settled=settled))
@@ -466,20 +466,23 @@ def header_key(customer_id: uuid.UUID) -> str:
     return f"thread:{customer_id}"
 
 
-def batch_key(round_id: str, batch: alerts.Batch, coalesced: bool) -> str:
+def batch_key(round_id: str, batch: alerts.Batch, coalesced: bool, customer_id: uuid.UUID) -> str:
     """The key of an alert message: the round and the event, or for a coalesced message the
-    round and the placement (it holds every alert of that placement the round posts there)."""
+    round, the customer and the placement (it holds every alert of that customer and placement
+    the round posts there). Without the customer, two customers' coalesced messages of one
+    round in one channel shared a key, and a broadcast reply of one, seen in the channel's
+    history, was taken for the other's lost post (its alert recorded posted, never shown)."""
     if coalesced:
-        return f"alerts:{round_id}:{batch.placement}"
+        return f"alerts:{round_id}:{customer_id}:{batch.placement}"
     return f"alert:{round_id}:{batch.items[0].key[0]}"
 
 
-def _posted(posts: dict[str, str], item: alerts.Pending) -> str | None:
+def _posted(posts: dict[str, str], item: alerts.Pending, customer_id: uuid.UUID) -> str | None:
     """The ts of the message that holds this tried alert, among the keyed posts found."""
     assert item.tried is not None
     round_id = item.tried.round_id
     return posts.get(f"alert:{round_id}:{item.key[0]}") or posts.get(
-        f"alerts:{round_id}:{item.placement}"
+        f"alerts:{round_id}:{customer_id}:{item.placement}"
     )
 
 
