@@ -16,6 +16,13 @@ and RabbitMQ vhost, with the sandbox (in this process) as Slack. Customers are l
   complete and approve buttons, each with ~`--pause` s between actions.
 Then publishing stops and the bot drains what is queued (up to `--drain` s).
 
+Before that, with nothing flowing, the Web API calls of each user action are counted by the
+sandbox (bench/slack_calls.py), with 10 handoffs open. `--dept-size 5 --dept-size 50` runs the
+whole test once per size of the customer service and finance departments and prints a table of
+the Slack figures side by side: 429 answers (target 0), calls per action, ack p99. Slack's
+per-channel limit on chat.postMessage (1/s, bursts of 3) is on; the sandbox's per-method rate
+tiers are on too where the sandbox has them.
+
 Measured: errors (non-200 answers, "did not work" answers, lost or dead-lettered events, double
 alerts; target 0), acknowledgement latency of commands and clicks (p99 target < 300 ms), alert
 delay from publish to the post in Slack (p50/p99; each event carries its publish time), the
@@ -41,11 +48,11 @@ sys.path.insert(0, str(ROOT))
 
 from sqlalchemy import text  # noqa: E402
 
-from bench import charts  # noqa: E402
+from bench import charts, slack_calls  # noqa: E402
 from bench.common import customers, pct, table  # noqa: E402
 from storage.db import Database  # noqa: E402
 from tests.faults.books import check_books, progress, settled  # noqa: E402
-from tests.faults.harness import Stack, run_cli  # noqa: E402
+from tests.faults.harness import FAULT_CONFIG, Stack, run_cli  # noqa: E402
 from tests.faults.stream import EventStream, tokens_in  # noqa: E402
 from tests.faults.users import Users, sorry_answers  # noqa: E402
 from tests.fixtures.amqp import rabbitmqctl  # noqa: E402
@@ -117,9 +124,18 @@ def alert_delays(stack: Stack, stream: EventStream, wall_start: float):
     return points
 
 
-async def run(args) -> dict:
+async def run(args, dept_size: int | None = None) -> dict:
+    config, colleagues = FAULT_CONFIG, []
+    if dept_size is not None:
+        config, colleagues = slack_calls.big_config(dept_size)
     with tempfile.TemporaryDirectory(prefix="crm-load-") as tmp:
-        async with throwaway_vhost() as amqp_url, Stack.open(amqp_url, Path(tmp)) as stack:
+        async with (
+            throwaway_vhost() as amqp_url,
+            Stack.open(amqp_url, Path(tmp), config=config) as stack,
+        ):
+            slack_calls.meet(stack.sandbox, colleagues)
+            if stack.sandbox.faults.rate_limit is None:
+                stack.sandbox.rate_limit(per_channel_per_second=1.0, burst=3)
             t = time.monotonic()
             people = await asyncio.to_thread(seed, stack, args.customers)
             print(f"seeded {len(people)} customers in {time.monotonic() - t:.1f}s", file=sys.stderr)
@@ -128,6 +144,9 @@ async def run(args) -> dict:
             stream = EventStream(amqp_url)
             await stream.connect()
             bot = await stack.start_bot(name="load")
+            per_action = await slack_calls.calls_per_action(
+                stack.sandbox, stack.sim_for(bot), refs[-20:], names, reps=args.reps
+            )
             users = Users(
                 [stack.sim_for(bot)], stack.sandbox, refs[: args.hot * 4], names, mix=LOAD_MIX
             )
@@ -171,6 +190,10 @@ async def run(args) -> dict:
             rss = [r for _, r in samples["rss"]]
             delays = [d for _, d in points]
             result = {
+                "dept_size": dept_size,
+                "slack_429": slack_calls.refused(stack.sandbox),
+                "calls_per_action": per_action,
+                "slack_calls": len(stack.sandbox.store.calls()),
                 "seconds": round(published_for, 1),
                 "rate": args.rate,
                 "people": args.people,
@@ -263,6 +286,37 @@ def render(r: dict) -> str:
     return table(["load test", "result", "target"], rows)
 
 
+def render_slack(results: list[dict]) -> str:
+    """The Slack figures, one column per department size."""
+    headers = ["Slack", *(f"{r['dept_size'] or 'test config'}-person departments" for r in results)]
+    rows = [
+        ["429 answers (target 0)", *(_refused_text(r["slack_429"]) for r in results)],
+        ["Web API calls in the run", *(f"{r['slack_calls']:,}" for r in results)],
+    ]
+    for action in slack_calls.ACTIONS:
+        cells = []
+        for r in results:
+            found = r["calls_per_action"].get(action)
+            at_least = "" if not found or found.get("settled", True) else "~"
+            cells.append(
+                f"{at_least}{found['calls']:.0f}: {slack_calls.methods_text(found['methods'])}"
+                if found
+                else "-"
+            )
+        rows.append([f"calls per {action}", *cells])
+    rows.append(
+        ["ack p99 under load (target < 300 ms)", *(f"{r['ack_p99_ms']:.0f} ms" for r in results)]
+    )
+    return table(headers, rows)
+
+
+def _refused_text(by_method: dict[str, int]) -> str:
+    if not by_method:
+        return "0"
+    each = ", ".join(f"{m} {n}" for m, n in by_method.items())
+    return f"{sum(by_method.values())} ({each})"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--seconds", type=float, default=60)
@@ -275,13 +329,28 @@ def main() -> None:
     p.add_argument("--drain", type=float, default=120, help="seconds to wait for the backlog")
     p.add_argument("--json", type=Path, help="also write the figures here")
     p.add_argument("--log", type=Path, help="copy the bot's log here")
+    p.add_argument(
+        "--dept-size",
+        type=int,
+        action="append",
+        help="people in customer service and in finance (repeatable: one run per size; "
+        "default: the test config's two each)",
+    )
+    p.add_argument("--reps", type=int, default=3, help="times each action is counted")
     args = p.parse_args()
-    result = asyncio.run(run(args))
-    print(render(result))
-    print("errors:", json.dumps(result["error_detail"]), file=sys.stderr)
+    results = []
+    for size in args.dept_size or [None]:
+        result = asyncio.run(run(args, size))
+        results.append(result)
+        if size is not None:
+            print(f"\n{size}-person departments:")
+        print(render(result))
+        print("errors:", json.dumps(result["error_detail"]), file=sys.stderr)
+    print()
+    print(render_slack(results))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2, default=str))
+        args.json.write_text(json.dumps(results, indent=2, default=str))
 
 
 if __name__ == "__main__":

@@ -5,41 +5,17 @@ This is the one module of `bot/` that imports `handlers/`.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 
 from slack_bolt.async_app import AsyncApp
-from slack_bolt.lazy_listener.async_internals import to_runnable_function
-from slack_bolt.lazy_listener.asyncio_runner import AsyncioLazyListenerRunner
 
 import handlers
+from bot.lib import interaction
 from bot.lib.config import Settings
 from bot.lib.slack_out import make_client
 from handlers.deps import Deps
 
 log = logging.getLogger(__name__)
-
-
-class DrainableLazyRunner(AsyncioLazyListenerRunner):
-    """bolt's asyncio runner of lazy listeners, keeping their tasks, so that a shutdown lets
-    the work acknowledged to Slack finish before the database closes."""
-
-    def __init__(self, logger: logging.Logger):
-        super().__init__(logger)
-        self.tasks: set[asyncio.Task] = set()
-
-    def start(self, function, request) -> None:
-        task = asyncio.get_running_loop().create_task(
-            to_runnable_function(internal_func=function, logger=self.logger, request=request)
-        )
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def drain(self, within: float) -> None:
-        if self.tasks:
-            _, late = await asyncio.wait(set(self.tasks), timeout=within)
-            if late:
-                log.warning("%d lazy listeners still running at shutdown", len(late))
 
 
 def build_bolt_app(settings: Settings, deps: Deps) -> AsyncApp:
@@ -53,7 +29,9 @@ def build_bolt_app(settings: Settings, deps: Deps) -> AsyncApp:
         raise_error_for_unhandled_request=False,
         logger=logging.getLogger("slack_bolt.AsyncApp"),
     )
-    app.listener_runner.lazy_listener_runner = DrainableLazyRunner(app.logger)
+    # Every listener failure, of an ack or of lazy work, is answered by the toolkit's one
+    # error mapping; the lazy listeners' tasks are kept for the drain on stop.
+    interaction.install(app, deps.slack)
     handlers.register_listeners(app, deps)
     return app
 

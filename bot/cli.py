@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("migrate", help="bring the database schema up to date")
 
+    dr = sub.add_parser(
+        "doctor", help="check the deployment: Slack token, scopes, channels, people, database"
+    )
+    dr.add_argument(
+        "--manifest", type=Path, default=None, help="app manifest (default: manifest.yml)"
+    )
+
     i = sub.add_parser("import", help="load customers from a CSV or JSON Lines file")
     i.add_argument("file", type=Path)
 
@@ -136,6 +143,11 @@ async def run(args: argparse.Namespace) -> int:
         return await run_demo(settings, args)
     if args.command == "dlq":
         return await _dlq(settings, args)
+    if args.command == "doctor":
+        from bot.doctor import run_doctor
+        from bot.lib.config import load_config
+
+        return await run_doctor(settings, load_config(settings.crm_config), args.manifest)
     from bot.runtime import open_storage
 
     db, vault = await open_storage(settings, migrate=args.command == "migrate")

@@ -29,7 +29,6 @@ from typing import Any
 from bot.demo_data import SampleEvents, demo_config, demo_customers, roles, topics
 from bot.lib.config import Settings
 from bot.sandbox import Sandbox
-from bot.sandbox.rules import scopes_from_manifest
 from bot.service import BotService, Tuning
 from storage.bulk import upsert_many
 from storage.crypto import generate_key_line
@@ -74,10 +73,9 @@ class Demo:
         o = self.options
         self.folder, self._temporary = _data_folder(o.data)
         config = demo_config()
-        # As strict as Slack: the scopes manifest.yml requests, rate limits, membership.
-        sandbox = self.sandbox = Sandbox(
-            bot_token="xoxb-demo-" + secrets.token_hex(12), page=True, scopes=manifest_scopes()
-        )
+        # As strict as Slack: the scopes manifest.yml requests (the sandbox's default), rate
+        # limits, membership.
+        sandbox = self.sandbox = Sandbox(bot_token="xoxb-demo-" + secrets.token_hex(12), page=True)
         await sandbox.listen("127.0.0.1", o.port)
         self.url = sandbox.url + "/"
         page = sandbox.page
@@ -192,15 +190,6 @@ async def broker_answers(url: str, within: float = 3.0) -> bool:
         return False
     await connection.close()
     return True
-
-
-MANIFEST = Path(__file__).resolve().parent.parent / "manifest.yml"
-
-
-def manifest_scopes() -> frozenset[str] | None:
-    """The scopes manifest.yml requests: what the demo's Slack grants the bot (None, every
-    scope, only when the manifest is not installed beside the code)."""
-    return scopes_from_manifest(MANIFEST) if MANIFEST.exists() else None
 
 
 def _data_folder(data: Path | None) -> tuple[Path, bool]:

@@ -15,7 +15,9 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_bolt_app, drain, jobs, startup, sync_handler
+from bot.doctor import Check, check_channel
 from bot.lib.config import ConfigError, CrmConfig, Settings
+from bot.lib.interaction import DrainableLazyRunner
 from bot.lib.metrics import broker_connected
 from bot.lib.slack_out import SlackOut, make_client
 from bot.runtime import open_storage
@@ -34,7 +36,8 @@ REFUSED_APP_TOKEN = {
     "token_revoked",
     "account_inactive",
 }
-DRAIN_SECONDS = 10.0  # on stop, how long the alerts being posted may take to finish
+CHANNEL_CHECK_TIMEOUT = 15.0  # the check at start waits no longer for Slack; the job retries
+DRAIN_SECONDS = 10.0  # on stop, how long acknowledged work and alerts being posted may take
 JOB_STOP_SECONDS = 5.0  # on stop, how long a job's run under way may take to finish
 
 
@@ -44,6 +47,7 @@ class Tuning:
     prefetch: int = 256
     job_interval: float | None = None  # overrides every job's interval (tests)
     outbox_poll: float = 1.0
+    channel_check: float = 300.0  # seconds between checks of the department channels
 
 
 async def check_app_token(client: AsyncWebClient, app_token: str) -> None:
@@ -95,8 +99,9 @@ class BotService:
         self._socket = None
         self._tasks: list[asyncio.Task] = []  # the periodic jobs
         self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
-        self._lazy = None
+        self._lazy: DrainableLazyRunner | None = None  # the listeners' work after their ack
         self._http: aiohttp.ClientSession | None = None  # Slack Web API calls, kept alive
+        self.channel_problems: dict[str, Check] = {}  # channel -> what is wrong (see readiness)
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
         s = self.settings
@@ -108,9 +113,10 @@ class BotService:
         client = make_client(s.slack_bot_token, s.slack_api_url, session=self._http)
         slack = SlackOut(client, per_channel_interval=self.tuning.per_channel_interval)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
-        await startup(deps)
+        await startup(deps)  # joins the public department channels: before the channel check
         bolt = build_bolt_app(s, deps)
-        self._lazy = bolt.listener_runner.lazy_listener_runner
+        lazy = bolt.listener_runner.lazy_listener_runner
+        self._lazy = lazy if isinstance(lazy, DrainableLazyRunner) else None
         if s.amqp_url:
             await self._start_broker(deps)
         else:
@@ -119,6 +125,9 @@ class BotService:
             every = self.tuning.job_interval or interval
             job = run_every(name, every, fn, self._stopping)
             self._tasks.append(asyncio.create_task(job, name=name))
+        await self._first_channel_check(client)
+        watch = self._watch_channels(client)
+        self._tasks.append(asyncio.create_task(watch, name="channel_check"))
         if s.slack_app_token:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
@@ -178,21 +187,74 @@ class BotService:
         await self.consumer.start()
         await self.relay.start()
 
-    async def readiness(self) -> dict[str, bool]:
-        checks = {"database": bool(self.deps) and await self.deps.db.ping()}
+    # -- department channels --------------------------------------------------------------
+    async def check_channels(self, client: AsyncWebClient) -> None:
+        """Look at every department channel (bot.doctor.check_channel) and log what changed:
+        a new problem as a warning (at start: every problem), a solved one as info."""
+        found: dict[str, Check] = {}
+        for dept in self.config.departments.values():
+            check = await check_channel(client, dept)
+            if check.status != "ok":
+                found[dept.channel] = check
+        for channel, check in found.items():
+            if self.channel_problems.get(channel) != check:
+                log.warning("department channel: %s", check.line())
+        for channel, check in self.channel_problems.items():
+            if channel not in found:
+                log.info("department channel: %s is fine now", check.subject)
+        self.channel_problems = found
+
+    async def _first_channel_check(self, client: AsyncWebClient) -> None:
+        try:
+            await asyncio.wait_for(self.check_channels(client), CHANNEL_CHECK_TIMEOUT)
+        except Exception as exc:  # Slack slow or away: the bot works anyway; the job retries
+            log.warning(
+                "could not check the department channels (%s); trying again in %ss",
+                type(exc).__name__,
+                self.tuning.channel_check,
+            )
+
+    async def _watch_channels(self, client: AsyncWebClient) -> None:
+        """Every `Tuning.channel_check` seconds: an admin's /invite or unarchive shows up on
+        /readyz without a restart (no membership events are subscribed)."""
+        while not self._stopping.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), self.tuning.channel_check)
+            if self._stopping.is_set():
+                return
+            try:
+                await self.check_channels(client)
+            except Exception as exc:
+                log.warning("could not check the department channels (%s)", type(exc).__name__)
+
+    async def readiness(self) -> dict[str, object]:
+        """The database (and the broker, and in Socket Mode the connection to Slack) decide
+        readiness. A department channel the bot cannot work in (a private one it was not
+        invited to, an archived one, a public one the join at start did not get it into) is
+        named under `channels` but does NOT make the bot unready: everything else works, and
+        a load balancer taking every replica out for one channel would stop all of it; the
+        alerts for that channel wait as failed (`crm-bot alerts failed`/`retry`)."""
+        checks: dict[str, object] = {"database": bool(self.deps) and await self.deps.db.ping()}
         if self.consumer is not None:
             checks["broker"] = bool(self.consumer.connected)
             broker_connected.set(1 if checks["broker"] else 0)
         if self._socket is not None:  # Socket Mode: requests only arrive on this connection
             checks["slack"] = await self._socket.client.is_connected()
+        if self.channel_problems:
+            checks["channels"] = {
+                channel: f"{check.status} {check.detail}"
+                for channel, check in self.channel_problems.items()
+            }
         return checks
 
     async def stop(self) -> None:
         """Drain: stop taking new work, let in-flight work finish, close everything."""
         if self._runner is not None:
             await self._runner.shutdown()
-        if self._lazy is not None:  # answers already acknowledged to Slack
-            await self._lazy.drain(within=10)
+        if self._socket is not None:  # Socket Mode's requests arrive on it: no new ones either
+            await self._socket.close_async()
+        if self._lazy is not None:  # work already acknowledged to Slack: clicks, commands
+            await self._lazy.drain(within=DRAIN_SECONDS)
         if self.consumer is not None:
             await self.consumer.stop()
         self._stopping.set()
@@ -205,16 +267,6 @@ class BotService:
             await drain(self.deps, within=DRAIN_SECONDS)
         if self.relay is not None:
             await self.relay.stop()
-        if self._socket is not None:
-            await self._socket.close_async()
-        # give lazy listeners still running a moment to finish their answers
-        pending = [
-            t
-            for t in asyncio.all_tasks()
-            if t is not asyncio.current_task() and "lazy" in (t.get_name() or "")
-        ]
-        if pending:
-            await asyncio.wait(pending, timeout=5)
         if self._runner is not None:
             await self._runner.cleanup()
         if self._http is not None:

@@ -15,6 +15,7 @@ from handlers.sync import apply as sync
 
 def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:
     router = CommandRouter()
+    deps.home_sections.update(handoffs=handoffs.home_section, approvals=approvals.home_section)
     customers.register(app, deps, router)
     handoffs.register(app, deps, router)
     approvals.register(app, deps, router)

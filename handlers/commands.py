@@ -1,14 +1,14 @@
 """`/crm`: one slash command, routed to subcommands that the capability modules add.
 
 The listener acknowledges at once (a malformed command gets its usage line right in the ack);
-the work runs after, as a bolt lazy listener, and answers through `response_url`.
+the work runs after, as a bolt lazy listener, and answers through `response_url`. A subcommand
+raises a `UserError` to refuse; the interaction toolkit's error mapping answers it.
 """
 
 from __future__ import annotations
 
 import logging
 import re
-import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -16,23 +16,14 @@ from typing import Any
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks import reply
+from bot.lib.interaction import Command, parse_command
 from handlers.deps import Deps
-from handlers.errors import UserError
 
 log = logging.getLogger(__name__)
 
 MAX_ARGS = 3000
 CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 SLACK_LINK = re.compile(r"<(?:mailto:|tel:)?([^<>|]+)\|([^<>]*)>|<(?:mailto:|tel:)([^<>|]+)>")
-
-
-@dataclass
-class Command:
-    user: str
-    channel: str
-    args: str
-    trigger_id: str | None = None
-    response_url: str | None = None
 
 
 Answer = dict[str, Any] | None
@@ -103,29 +94,10 @@ class CommandRouter:
 
         async def work(command, respond):
             name, args, problem = self.parse(command.get("text", ""))
-            if problem or name == "help":
+            if problem or name is None or name == "help":
                 return
-            cmd = Command(
-                user=command["user_id"],
-                channel=command["channel_id"],
-                args=args,
-                trigger_id=command.get("trigger_id"),
-                response_url=command.get("response_url"),
-            )
-            answer = await run_safely(f"/crm {name}", self.entries[name].run(deps, cmd))
+            answer = await self.entries[name].run(deps, parse_command(command, args))
             if answer:
                 await respond(**answer)
 
         app.command("/crm")(ack=acknowledge, lazy=[work])
-
-
-async def run_safely(what: str, work: Awaitable[Answer]) -> Answer:
-    """Typed errors become their message; anything else is logged with a reference to quote."""
-    try:
-        return await work
-    except UserError as exc:
-        return reply(str(exc))
-    except Exception:
-        ref = uuid.uuid4().hex[:8]
-        log.exception("%s failed (ref %s)", what, ref)
-        return reply(f"Sorry, that did not work; it was logged (ref {ref}). Please try again.")

@@ -18,11 +18,21 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from bot.lib.blocks import customers as cards
 from bot.lib.blocks import reply
+from bot.lib.errors import NotFound, UserError
+from bot.lib.interaction import (
+    Command,
+    ack_only,
+    lazy,
+    parse_click,
+    parse_customer_id,
+    parse_event,
+    tell,
+)
 from bot.lib.slack_out import SlackError, fit_to_limits
-from handlers.commands import Command, CommandRouter, clean_text, run_safely
+from handlers.changes import record_change
+from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
-from storage import audit, shared_cards
+from storage import shared_cards
 from storage.crypto import CryptoError
 from storage.customers import CustomerRecord, Customers
 from storage.models import Approval, Customer, Handoff, SlackRequest, TimelineEntry
@@ -76,13 +86,6 @@ def mention_refs(text: str) -> list[str]:
 def not_found(ref: str) -> NotFound:
     shown = cards.esc(cards.clip(ref, 60))
     return NotFound(f"No customer `{shown}`. Try `/crm find <text>` to search.")
-
-
-def parse_id(value: str | None) -> uuid.UUID | None:
-    try:
-        return uuid.UUID(str(value))
-    except (TypeError, ValueError):
-        return None
 
 
 # --- reading a card --------------------------------------------------------------------------
@@ -201,7 +204,7 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
     """Post the redacted card in `channel` and remember it; one effect per click."""
     if not channel:
         raise UserError("Open the card in a channel to share it there.")
-    customer_id = parse_id(value)
+    customer_id = parse_customer_id(value)
     async with deps.db.transaction() as session:
         customer = await Customers(session, deps.vault).get(customer_id) if customer_id else None
         if customer is None or customer.erased_at is not None:
@@ -219,15 +222,15 @@ async def share(deps: Deps, user_id: str, channel: str | None, value: str | None
     async with deps.db.transaction() as session:
         customer = await session.get(Customer, record.id)
         shared_cards.remember(session, record.id, posted["channel"], posted["ts"], user_id)
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user_id,
             action="customer.card_shared",
             entity_type="customer",
             entity_id=record.id,
             customer=customer,
             data={"channel": posted["channel"], "ts": posted["ts"]},
-            vault=deps.vault,
         )
     log.info("card of customer %s shared in %s by %s", record.id, channel, user_id)
     return answer(f"Shared a card for {cards.label(record)} in <#{channel}> (no contact details).")
@@ -247,53 +250,37 @@ async def mention(deps: Deps, event: dict) -> tuple[str, list | None]:
     return f"I found no customer for that. {MENTION_HINT}", None
 
 
+async def open_card(deps: Deps, body: dict) -> None:
+    """`Open` on a search result: the full card, to the person who clicked."""
+    click = parse_click(body)
+    card = (await card_by_id(deps, parse_customer_id(click.value))).full()
+    log.info("customer_open by %s", click.user)
+    await tell(deps.slack, click.person, card["text"], click.place, card.get("blocks"))
+
+
+async def share_card(deps: Deps, body: dict) -> None:
+    """`Share to channel` on a card: the redacted card, once per click."""
+    click = parse_click(body)
+    key = f"share:{click.value}:{click.channel}:{click.message_ts}:{click.user}"
+    result = await share(deps, click.user, click.channel, click.value, key)
+    await tell(deps.slack, click.person, result["text"], click.place, result.get("blocks"))
+
+
+async def on_mention(deps: Deps, body: dict) -> None:
+    """`@crm-bot <email or external id>`: the redacted card (or a hint) in the thread."""
+    event = parse_event(body)
+    if not event.channel or not event.ts or event.event.get("bot_id"):
+        return
+    async with deps.db.transaction() as session:
+        if not await first_time(session, f"mention:{event.channel}:{event.ts}"):
+            return  # a retried delivery
+    text, blocks = await mention(deps, event.event)
+    await deps.slack.post(event.channel, text, blocks, thread_ts=event.thread_ts or event.ts)
+
+
 def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
     router.add("find", find, "find <text>", "search by email, phone, external id, name or company")
     router.add("show", show, "show <customer>", "the full customer card, only to you")
-
-    async def ack_only(ack):
-        await ack()
-
-    async def open_card(body, respond):
-        user_id = body["user"]["id"]
-        value = (body.get("actions") or [{}])[0].get("value")
-        card = await run_safely(f"{cards.OPEN} click", _full_by_id(deps, value))
-        log.info("customer_open by %s", user_id)
-        if card:
-            await respond(**card, replace_original=False)
-
-    async def share_card(body, respond):
-        user_id = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id") or (body.get("container") or {}).get(
-            "channel_id"
-        )
-        action = (body.get("actions") or [{}])[0]
-        container = body.get("container") or {}
-        key = f"share:{action.get('value')}:{channel}:{container.get('message_ts')}:{user_id}"
-        result = await run_safely(
-            f"{cards.SHARE} click", share(deps, user_id, channel, action.get("value"), key)
-        )
-        if result:
-            await respond(**result, replace_original=False)
-
-    async def on_mention(event, body):
-        channel, ts = event.get("channel"), event.get("ts")
-        if not channel or not ts or event.get("bot_id"):
-            return
-        async with deps.db.transaction() as session:
-            if not await first_time(session, f"mention:{channel}:{ts}"):
-                return  # a retried delivery
-        try:
-            text, blocks = await mention(deps, event)
-        except Exception:
-            log.exception("app_mention in %s failed", channel)
-            text, blocks = "Sorry, that did not work; please try again.", None
-        await deps.slack.post(channel, text, blocks, thread_ts=event.get("thread_ts") or ts)
-
-    app.action(cards.OPEN)(ack=ack_only, lazy=[open_card])
-    app.action(cards.SHARE)(ack=ack_only, lazy=[share_card])
-    app.event("app_mention")(ack=ack_only, lazy=[on_mention])
-
-
-async def _full_by_id(deps: Deps, value: str | None) -> dict:
-    return (await card_by_id(deps, parse_id(value))).full()
+    app.action(cards.OPEN)(ack=ack_only, lazy=[lazy(open_card, deps)])
+    app.action(cards.SHARE)(ack=ack_only, lazy=[lazy(share_card, deps)])
+    app.event("app_mention")(ack=ack_only, lazy=[lazy(on_mention, deps)])

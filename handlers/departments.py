@@ -9,11 +9,12 @@ from decimal import Decimal
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks import channel, esc, reply, section
+from bot.lib.errors import Forbidden, NotFound, UserError
+from bot.lib.interaction import Command
 from bot.lib.slack_out import SlackError
-from handlers.commands import Command, CommandRouter
+from handlers.changes import record_change
+from handlers.commands import CommandRouter
 from handlers.deps import Deps
-from handlers.errors import Forbidden, NotFound, UserError
-from storage import audit
 from storage.departments import DepartmentView, link_channel
 
 log = logging.getLogger(__name__)
@@ -116,14 +117,14 @@ async def link(deps: Deps, cmd: Command, key: str) -> dict:
     async with deps.db.transaction() as session:
         if not await link_channel(session, department.key, cmd.channel, cmd.user):
             raise NotFound(f"No department `{esc(key[:40])}`.")
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=cmd.user,
             action="department.channel_linked",
             entity_type="department",
             entity_id=department.key,
             data={"channel": cmd.channel, "previous_channel": department.channel_id},
-            vault=deps.vault,
         )
     log.info("department %s linked to %s by %s", department.key, cmd.channel, cmd.user)
     await join_channels(deps, {cmd.channel})

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from bot.lib.slack_out import SlackOut
+from handlers.directory import Directory
+from handlers.home_refresh import Homes
 from storage.db import Database
 from storage.models import utcnow
 from storage.vault import Vault
 
 if TYPE_CHECKING:
     from bot.lib.config import CrmConfig
-    from handlers.directory import Directory
-    from handlers.home import Homes
+
+
+HomeSection = Callable[["Deps", str], Awaitable[list[dict]]]
 
 
 @dataclass
@@ -26,12 +29,12 @@ class Deps:
     slack: SlackOut
     clock: Callable[[], datetime] = utcnow
     wake_outbox: Callable[[], None] = lambda: None
+    # the App Home's sections by name ("handoffs", "approvals"), filled by the wiring
+    # (handlers.register_listeners), so the home module imports no capability
+    home_sections: dict[str, HomeSection] = field(default_factory=dict)
     directory: Directory = field(init=False)
     homes: Homes = field(init=False)
 
     def __post_init__(self) -> None:
-        from handlers.directory import Directory
-        from handlers.home import Homes
-
-        self.directory = Directory(self)
-        self.homes = Homes(self)
+        self.directory = Directory(self.db, self.slack)
+        self.homes = Homes(self.directory)

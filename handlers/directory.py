@@ -3,24 +3,23 @@
 from __future__ import annotations
 
 import time
-from typing import TYPE_CHECKING
 
-from handlers.errors import NotFound
+from bot.lib.errors import NotFound
+from bot.lib.slack_out import SlackOut
+from storage.db import Database
 from storage.departments import DepartmentView, all_departments
-
-if TYPE_CHECKING:
-    from handlers.deps import Deps
 
 GROUP_TTL = 60.0
 
 
 class Directory:
-    def __init__(self, deps: Deps):
-        self.deps = deps
+    def __init__(self, db: Database, slack: SlackOut):
+        self.db = db
+        self.slack = slack
         self._groups: dict[str, tuple[float, frozenset[str]]] = {}
 
     async def departments(self) -> dict[str, DepartmentView]:
-        async with self.deps.db.transaction() as session:
+        async with self.db.transaction() as session:
             return await all_departments(session)
 
     async def get(self, key: str) -> DepartmentView:
@@ -39,7 +38,7 @@ class Directory:
             return dept.members
         cached = self._groups.get(dept.usergroup)
         if cached is None or time.monotonic() - cached[0] > GROUP_TTL:
-            users = await self.deps.slack.usergroup_members(dept.usergroup)
+            users = await self.slack.usergroup_members(dept.usergroup)
             cached = (time.monotonic(), frozenset(users))
             self._groups[dept.usergroup] = cached
         return dept.members | cached[1]

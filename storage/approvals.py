@@ -13,14 +13,6 @@ from sqlalchemy.ext.asyncio import AsyncSession
 from .models import Approval, Customer, new_id
 
 
-def parse_id(text: str | None) -> uuid.UUID | None:
-    """An approval id from a button value or metadata; None for anything that is not one."""
-    try:
-        return uuid.UUID(str(text or "").strip())
-    except ValueError:
-        return None
-
-
 class Approvals:
     def __init__(self, session: AsyncSession):
         self.session = session

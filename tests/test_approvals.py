@@ -17,8 +17,20 @@ from handlers.approvals import listeners as approvals_handler
 from storage import audit
 from storage.customers import Customers
 from storage.models import Approval, AuditEntry, OutboxEvent, utcnow
-from tests.fixtures.bot import ALICE, BOB, CAROL, ERIN, FINANCE, FRANK, GRACE, SALES, SERVICE
-from tests.fixtures.slack import block_texts, eventually
+from tests.fixtures.bot import (
+    ALICE,
+    BOB,
+    CAROL,
+    ERIN,
+    FINANCE,
+    FRANK,
+    GRACE,
+    SALES,
+    SERVICE,
+    bot_settings,
+    start_bot,
+)
+from tests.fixtures.slack import block_texts, eventually, filled_views
 
 SCHEMA = json.loads(
     (Path(__file__).parents[1] / "bot/contracts/sync-event.schema.json").read_text()
@@ -297,7 +309,7 @@ async def test_concurrent_approvers_one_decision(bot):
 async def test_request_from_the_card_modal(bot):
     customer_id = await seed(bot)
     await bot.sim.click(BOB, SALES, None, "customer_approval", str(customer_id))
-    modal = (await eventually(lambda: bot.store.views(BOB)))[-1]
+    modal = (await eventually(lambda: filled_views(bot.store, BOB)))[-1]
     assert modal["callback_id"] == "approval_create"
     assert json.loads(modal["private_metadata"]) == {
         "customer_id": str(customer_id),
@@ -415,3 +427,25 @@ async def test_a_request_that_went_out_before_a_crash_is_adopted_not_posted_agai
     [row] = await rows(bot)
     assert row.message_ts == first_ts
     assert [m["ts"] for m in bot.store.messages(FINANCE)] == [first_ts]
+
+
+async def test_a_stop_during_an_approval_click_finishes_the_click(db, db_url, sandbox):
+    """The click's work runs after its ack (a bolt lazy listener); stopping the bot (as on
+    SIGTERM) right after the ack waits for it: the decision, the message and the DM all land."""
+    harness = await start_bot(bot_settings(db_url, sandbox), sandbox)
+    try:
+        await seed(harness)
+        row = await ask(harness, BOB, SALES, "C-100 credit 100")
+        # Slack answers the message update with a 429 (Retry-After 1 s): the click's work is
+        # still under way when the stop begins
+        sandbox.fail("chat.update", status=429, times=1, retry_after=1)
+        reply = await harness.sim.click(
+            FRANK, FINANCE, row.message_ts, "approval_approve", str(row.id)
+        )
+        assert reply.status == 200
+    finally:
+        await harness.sim.close()
+        await harness.service.stop()
+    message = sandbox.store.message(FINANCE, row.message_ts)
+    assert "Approved" in block_texts(message["blocks"])
+    assert any("approved" in m["text"] for m in sandbox.store.dms(BOB))

@@ -236,6 +236,10 @@ async def test_a_stop_while_paused_ends_the_pause(amqp_url, make_consumer):
     assert not consumer.paused
     assert metrics.REGISTRY.get_sample_value("crm_sync_paused") == 0
     assert await depth(amqp_url, DEAD_QUEUE) == 0
+    # The event is kept, back in the queue once its retry copy's delay is over. Waiting for it
+    # there also leaves nothing moving between queues for the next test's purge to miss (a
+    # copy in flight came back after the purge and was handled by the next test's consumer).
+    await eventually(lambda: _is(depth(amqp_url, SYNC_QUEUE), 1))
 
 
 async def test_always_failing_message_is_dead_lettered_after_max_attempts(amqp_url, make_consumer):

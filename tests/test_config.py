@@ -51,6 +51,14 @@ notify = ["finance"]
             GOOD_ALERT.replace('notify = ["finance"]', 'notify = ["legal"]'),
             "line 9: alerts[0].notify: unknown department 'legal'",
         ),
+        (
+            f'[departments.sales]\nchannel = "C0SALES01"\nname = "{"S" * 76}"\n',
+            "line 3: departments.sales.name: is 76 characters: Slack shows at most 75",
+        ),
+        (
+            '[departments.sales]\nname = "  "\nchannel = "C0SALES01"\n',
+            "line 2: departments.sales.name: is blank",
+        ),
         ("[handoffs]\nclaim_within_minutes = -5\n", "line 2: handoffs.claim_within_minutes"),
         ("[sync]\nretry_delays = []\n", "line 2: sync.retry_delays"),
         ("[sync]\ncoalesce_seconds = 5\nretry_delays = [1, 0]\n", "line 3: sync.retry_delays"),
@@ -135,3 +143,25 @@ def test_every_command_has_help(tmp_path):
     ):
         result = run_cli(*args, cwd=tmp_path)
         assert result.returncode == 0 and "usage: crm-bot" in result.stdout, args
+
+
+def test_the_longest_department_name_config_takes_is_one_slack_shows():
+    """The limit is Slack's own: the handoff modal's menu option built from the longest name
+    the config accepts passes slack_sdk's Block Kit validation; one character more fails both."""
+    from slack_sdk.errors import SlackObjectFormationError
+    from slack_sdk.models.blocks import Option
+
+    from bot.lib.blocks import select_input
+
+    def option_block(name: str) -> Option:
+        block = select_input("to", "Hand off to", "to", [("sales", name)])
+        (option,) = block["element"]["options"]
+        return Option(value=option["value"], text=option["text"]["text"])
+
+    longest = "S" * 75
+    parse_config(f'[departments.sales]\nname = "{longest}"\nchannel = "C0SALES01"\n')
+    option_block(longest).validate_json()
+    with pytest.raises(ConfigError):
+        parse_config(f'[departments.sales]\nname = "{longest}S"\nchannel = "C0SALES01"\n')
+    with pytest.raises(SlackObjectFormationError):
+        option_block(longest + "S").validate_json()

@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import func, select
 
 from bot.lib.blocks.customers import full_card, redacted_card, short_card
+from bot.lib.errors import UserError
 from bot.sandbox import BOT_USER_ID
 from handlers.customers import customer_ref, mention_refs, search_text
-from handlers.errors import UserError
 from storage.customers import CustomerRecord, Customers
 from storage.models import Approval, Handoff, SharedCard, TimelineEntry, utcnow
 from tests.fixtures.bot import ALICE, BOB, GENERAL, SALES

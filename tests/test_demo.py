@@ -25,7 +25,7 @@ from bot.lib.config import Settings
 from bot.service import Tuning
 from storage.customer_fields import validate_customer
 from tests.fixtures.bot import ALICE, FINANCE, GRACE, SALES
-from tests.fixtures.slack import eventually
+from tests.fixtures.slack import eventually, filled_views
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = json.loads((ROOT / "bot/contracts/sync-event.schema.json").read_text())
@@ -177,7 +177,7 @@ async def test_buttons_and_modals_go_through_the_page(demo: Demo, http: aiohttp.
         },
     ) as r:
         assert (await r.json())["status"] == 200
-    view = (await eventually(lambda: store.views(ALICE)))[-1]
+    view = (await eventually(lambda: filled_views(store, ALICE)))[-1]
     values = {
         "department": {
             "department": {"type": "static_select", "selected_option": {"value": "finance"}}

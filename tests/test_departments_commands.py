@@ -7,8 +7,8 @@ from decimal import Decimal
 import pytest
 from sqlalchemy import select
 
+from bot.lib.errors import UserError
 from handlers.departments import limit_text, link_refusal, parse_args
-from handlers.errors import UserError
 from storage.departments import DepartmentView
 from storage.models import AuditEntry, Department
 from tests.fixtures.bot import ALICE, BOB, CAROL, FINANCE, GENERAL, SALES

@@ -4,6 +4,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from bot.lib.interaction import parse_handoff_id
 from handlers.handoffs import rules as r
 
 REQ, FRANK, GRACE = "U0ALICE01", "U0FRANK01", "U0GRACE01"
@@ -132,7 +133,7 @@ def test_checks():
     ],
 )
 def test_parse_id(value, ok):
-    assert (r.parse_id(value) is not None) == ok
+    assert (parse_handoff_id(value) is not None) == ok
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ from tests.fixtures.bot import (
     bot_settings,
     start_bot,
 )
-from tests.fixtures.slack import block_texts, eventually
+from tests.fixtures.slack import block_texts, eventually, filled_views
 
 SCHEMA = json.loads(Path("bot/contracts/sync-event.schema.json").read_text())
 NOTE = "Needs a credit check before Friday"
@@ -410,7 +410,7 @@ def modal_values(dept, note=None):
 async def test_card_button_opens_the_modal(bot):
     cid = await seed(bot.deps)
     await bot.sim.click(ALICE, SALES, None, "customer_handoff", str(cid))
-    (view,) = await eventually(lambda: bot.store.views(ALICE))
+    (view,) = await eventually(lambda: filled_views(bot.store, ALICE))
     assert view["callback_id"] == "handoff_create"
     assert json.loads(view["private_metadata"])["customer_id"] == str(cid)
     options = [
@@ -441,7 +441,7 @@ async def test_message_shortcut_keeps_the_context(bot):
         SERVICE, {"type": "message", "user": ERIN, "text": "C-ADA is upset about pricing", "ts": ts}
     )
     await bot.sim.message_shortcut(ERIN, SERVICE, ts, "handoff_from_message")
-    (view,) = await eventually(lambda: bot.store.views(ERIN))
+    (view,) = await eventually(lambda: filled_views(bot.store, ERIN))
     link = json.loads(view["private_metadata"])["context"]
     assert link.endswith(f"/archives/{SERVICE}/p{ts.replace('.', '')}")
     await bot.sim.submit_view(ERIN, view["id"], modal_values("sales"))

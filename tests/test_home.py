@@ -6,8 +6,6 @@ import pytest
 
 from bot.lib.blocks import section
 from bot.lib.blocks.home import home_view
-from handlers.approvals import listeners as approvals
-from handlers.handoffs import listeners as handoffs
 from handlers.home import publish_home
 from tests.fixtures.bot import ALICE, GRACE
 from tests.fixtures.slack import block_texts, eventually
@@ -39,8 +37,8 @@ async def test_publish_home_composes_the_sections_of_handoffs_and_approvals(bot,
     async def broken_approvals(deps, user):
         raise RuntimeError("approvals are down")
 
-    monkeypatch.setattr(handoffs, "home_section", my_handoffs)
-    monkeypatch.setattr(approvals, "home_section", broken_approvals)
+    monkeypatch.setitem(bot.deps.home_sections, "handoffs", my_handoffs)
+    monkeypatch.setitem(bot.deps.home_sections, "approvals", broken_approvals)
     await publish_home(bot.deps, GRACE)
     texts = block_texts(bot.store.home(GRACE)["blocks"])
     assert f"handoff for <@{GRACE}>" in texts
@@ -50,7 +48,7 @@ async def test_publish_home_composes_the_sections_of_handoffs_and_approvals(bot,
 
     # published again (another module refreshing it), the same tab is updated in place
     first_id = bot.store.home(GRACE)["id"]
-    monkeypatch.setattr(approvals, "home_section", my_handoffs)
+    monkeypatch.setitem(bot.deps.home_sections, "approvals", my_handoffs)
     await publish_home(bot.deps, GRACE)
     assert bot.store.home(GRACE)["id"] == first_id
     assert "Could not load" not in block_texts(bot.store.home(GRACE)["blocks"])

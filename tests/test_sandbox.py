@@ -86,6 +86,39 @@ async def test_ephemeral_permalink_dm_users(sandbox: Sandbox, slack_client: Asyn
     assert group["users"] == [ALICE, BOB]
 
 
+async def test_granted_scopes_channel_facts_and_deactivated_users(sandbox: Sandbox):
+    """What `crm-bot doctor` reads: the scopes in each answer's `x-oauth-scopes` header (the
+    manifest's unless the sandbox is given others), a channel's membership, archived and
+    private flags, and a deactivated user (`deleted`, still answered, as Slack does)."""
+    client = AsyncWebClient(token=BOT_TOKEN, base_url=sandbox.api_url)
+    auth = await client.auth_test()
+    assert "chat:write" in auth.headers["x-oauth-scopes"].split(",")
+    granted = sandbox.scopes
+    sandbox.scopes = ["commands", "chat:write"]
+    assert (await client.api_test()).headers["x-oauth-scopes"] == "commands,chat:write"
+    # one list: the header names what the missing_scope checks grant
+    assert await slack_error(client.conversations_info(channel=SALES)) == "missing_scope"
+    sandbox.scopes = granted
+
+    sandbox.invite(SALES)
+    info = await client.conversations_info(channel=SALES)
+    assert info["channel"]["is_member"] and not info["channel"]["is_archived"]
+    assert not info["channel"]["is_private"]
+    sandbox.store.channels[SALES].update(is_member=False, is_archived=True)
+    sandbox.store.add_channel("G0SECRET1", "secret", is_member=False)
+    info = await client.conversations_info(channel=SALES)
+    assert not info["channel"]["is_member"] and info["channel"]["is_archived"]
+    # a private channel the bot is not in does not exist for it, as in Slack
+    assert await slack_error(client.conversations_info(channel="G0SECRET1")) == "channel_not_found"
+    sandbox.invite("G0SECRET1")
+    assert (await client.conversations_info(channel="G0SECRET1"))["channel"]["is_private"]
+    assert await slack_error(client.conversations_info(channel="C0NOWHERE")) == "channel_not_found"
+
+    assert (await client.users_info(user=BOB))["user"]["deleted"] is False
+    sandbox.store.users[BOB] = {**sandbox.store.users[BOB], "deleted": True}  # not DEMO_USERS'!
+    assert (await client.users_info(user=BOB))["user"]["deleted"] is True
+
+
 async def test_home_and_views(sandbox: Sandbox, slack_client: AsyncWebClient):
     home = {"type": "home", "blocks": [section("welcome")]}
     published = await slack_client.views_publish(user_id=ALICE, view=home)

@@ -310,15 +310,3 @@ def test_reply_bodies_are_fitted_to_what_slack_accepts():
     # `/crm handoffs` could answer with a 3,600-character section through respond
     body = reply("t" * 41_000, [section("x" * 3600)] * 60)
     assert response_body_error(body) is None
-
-
-async def test_tell_falls_back_to_a_dm_where_an_ephemeral_cannot_go(
-    sandbox: Sandbox, slack_out: SlackOut
-):
-    sandbox.store.add_channel("C0OTHER01", name="other", members=[ALICE])
-    await slack_out.tell(ALICE, "C0OTHER01", "here")
-    assert [e.text for e in sandbox.store.ephemerals(ALICE, "C0OTHER01")] == ["here"]
-    await slack_out.tell(BOB, "C0OTHER01", "not here")  # Bob is not in that channel
-    assert [m["text"] for m in sandbox.store.dms(BOB)] == ["not here"]
-    await slack_out.tell(BOB, "G0GONE001", "gone")  # a private channel the bot is not in
-    assert [m["text"] for m in sandbox.store.dms(BOB)] == ["not here", "gone"]

@@ -55,6 +55,10 @@ SLACK_USER = re.compile(r"^[UW][A-Z0-9]{2,}$")
 SLACK_USERGROUP = re.compile(r"^S[A-Z0-9]{2,}$")
 DEPT_KEY = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 APPROVAL_KINDS = ("discount", "refund", "credit", "exception")
+# A department's name is the text of a menu option in the handoff modal (blocks.select_input),
+# which Slack caps at 75 characters and refuses the whole modal over; everywhere else it is
+# shown (section text, headers clipped to 150) has room for more. A blank name shows nothing.
+DEPT_NAME_MAX = 75
 
 
 class _Strict(BaseModel):
@@ -69,6 +73,17 @@ class Department(_Strict):
     usergroup: str | None = None
     leads: tuple[str, ...] = ()
     approval_limit: float | None = Field(default=None, ge=0)
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("is blank: Slack would show an empty menu option")
+        if len(v) > DEPT_NAME_MAX:
+            raise ValueError(
+                f"is {len(v)} characters: Slack shows at most {DEPT_NAME_MAX} in a menu option"
+            )
+        return v
 
     @field_validator("channel")
     @classmethod

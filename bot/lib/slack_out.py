@@ -502,25 +502,6 @@ class SlackOut:
         )
         return dict(data.get("view") or {})
 
-    async def tell(
-        self,
-        user: str,
-        channel: str | None,
-        text: str,
-        blocks: list[dict[str, Any]] | None = None,
-        thread_ts: str | None = None,
-    ) -> None:
-        """An answer only `user` sees: ephemeral in `channel`, or a direct message when it
-        cannot go there (no channel, a DM, a channel Slack refuses: the bot or the person is
-        not in it, it is archived, private, gone). Raises only when the DM fails too."""
-        if channel and not channel.startswith("D"):
-            try:
-                await self.ephemeral(channel, user, text, blocks, thread_ts)
-                return
-            except SlackError as exc:
-                log.info("answer to a person not shown in %s (%s); sent as a DM", channel, exc.kind)
-        await self.dm(user, text, blocks)
-
     async def dm(
         self,
         user: str,

@@ -13,6 +13,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Iterable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -25,6 +26,7 @@ from bot.sandbox.rules import (
     POST_BURST,
     POST_PER_CHANNEL_PER_SECOND,
     RateLimits,
+    scopes_from_manifest,
 )
 from bot.sandbox.socket_mode import SocketModeLink
 from bot.sandbox.store import BOT_USER_ID, Call, Ephemeral, Store
@@ -33,6 +35,14 @@ from bot.sandbox.webapi import WebApi, error
 log = logging.getLogger(__name__)
 
 DEFAULT_TOKEN = "xoxb-sandbox-token"
+MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
+
+
+def manifest_scopes(path: Path = MANIFEST) -> list[str] | None:
+    """The bot scopes an app installed from the manifest beside the code is granted; None (every
+    scope) when there is no manifest there."""
+    return sorted(scopes_from_manifest(path)) if path.is_file() else None
+
 
 DEMO_CHANNELS: dict[str, dict[str, Any]] = {
     "C0SALES01": {"name": "sales"},
@@ -111,11 +121,10 @@ class Sandbox:
         scopes: Iterable[str] | None = None,
         rate_limits: bool = True,
     ) -> None:
-        """`scopes`: the bot scopes the workspace granted (read them from the app's manifest
-        with `bot.sandbox.rules.scopes_from_manifest`); None grants every scope. Slack's rate
-        limits are on unless `rate_limits=False`."""
+        """`scopes`: the bot scopes the workspace granted, by default those manifest.yml
+        requests (every scope only when no manifest is beside the code). Slack's rate limits
+        are on unless `rate_limits=False`."""
         self.bot_token = bot_token
-        self.scopes = None if scopes is None else frozenset(scopes)
         self.socket_mode = SocketModeLink(app_token)  # for a bot given this app-level token
         if channels is None:  # the demo workspace: everyone is in every channel, the bot in none
             channels = {c: {**i, "members": list(DEMO_USERS)} for c, i in DEMO_CHANNELS.items()}
@@ -128,7 +137,8 @@ class Sandbox:
         self.faults = Faults(rate_limits)
         self.url = ""
         methods = {**webapi.METHODS, **views.METHODS}
-        self.webapi = WebApi(self.store, lambda: self.url, methods, self.scopes)
+        granted = manifest_scopes() if scopes is None else list(scopes)
+        self.webapi = WebApi(self.store, lambda: self.url, methods, granted)
         self.app = web.Application()
         self.app.router.add_route("*", "/api/{method}", self._api)
         self.app.router.add_post("/response/{token}", self._response_url)
@@ -172,6 +182,17 @@ class Sandbox:
     @property
     def api_url(self) -> str:
         return f"{self.url}/api/"
+
+    @property
+    def scopes(self) -> list[str] | None:
+        """The bot scopes the workspace granted (None: every scope): one list, both the
+        `missing_scope` checks and the `x-oauth-scopes` header read it. A test may set it, as
+        an admin changing the app's scopes would."""
+        return self.webapi.scopes
+
+    @scopes.setter
+    def scopes(self, scopes: Iterable[str] | None) -> None:
+        self.webapi.scopes = None if scopes is None else list(scopes)
 
     # -- test controls -----------------------------------------------------------------
     def fail(
@@ -285,20 +306,23 @@ class Sandbox:
         args.pop("token", None)
         if auth_error:
             return self._answer(name, logged, 200, error(auth_error), started)
+        # Every answer to a call made with the bot token names what it was granted in the
+        # `x-oauth-scopes` header, as Slack's do (what `crm-bot doctor` reads).
+        granted = {"x-oauth-scopes": ",".join(self.scopes or ())}
         needed = METHOD_SCOPES.get(name)
-        if needed and self.scopes is not None and needed not in self.scopes:
+        if needed and not self.webapi.has_scope(needed):
             # Slack answers a method whose scope the token lacks with missing_scope, naming
             # the scope `needed` and the ones `provided` (docs.slack.dev/apis/web-api,
             # "Errors"); the call does nothing.
-            body = error("missing_scope", needed=needed, provided=",".join(sorted(self.scopes)))
-            return self._answer(name, logged, 200, body, started)
+            body = self.webapi.missing_scope(needed)
+            return self._answer(name, logged, 200, body, started, granted)
         retry_after = self.faults.throttle(name, args.get("channel"))
         if retry_after is not None:
             return self._answer(
                 name, logged, 429, error("ratelimited"), started, {"Retry-After": str(retry_after)}
             )
         body = await self.webapi.call(name, args)
-        return self._answer(name, logged, 200, body, started)
+        return self._answer(name, logged, 200, body, started, granted)
 
     def _answer(
         self,

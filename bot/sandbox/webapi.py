@@ -63,7 +63,7 @@ class WebApi:
         store: Store,
         base_url: Callable[[], str],
         methods: dict[str, Method],
-        scopes: frozenset[str] | None = None,
+        scopes: list[str] | None = None,
     ) -> None:
         self.store = store
         self.base_url = base_url
@@ -161,7 +161,7 @@ class WebApi:
             "team_id": TEAM_ID,
             "name": info.get("name", user.lower()),
             "real_name": real,
-            "deleted": bool(info.get("deleted")),
+            "deleted": bool(info.get("deleted", False)),  # deactivated: still answered, as Slack
             "is_bot": False,
             "tz": info.get("tz", "Europe/Berlin"),
             "profile": {
@@ -369,6 +369,26 @@ async def conversations_history(api: WebApi, args: Body) -> Body:
     assert info is not None
     found = _between(api.store.messages(info["id"]), args)
     return _page(list(reversed(found)), args)  # newest first, as Slack answers
+
+
+@method("conversations.info")
+async def conversations_info(api: WebApi, args: Body) -> Body:
+    """A channel's facts as Slack gives them to a bot token: `is_member`, `is_archived`,
+    `is_private`. A private channel the bot is not in does not exist for it:
+    `channel_not_found` (scope channels:read, checked with every method's scope)."""
+    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
+    if info is None or (info.get("is_private") and not info.get("is_member")):
+        return error("channel_not_found")
+    private = bool(info.get("is_private"))
+    channel = {
+        **info,
+        "is_private": private,
+        "is_group": private and not info["is_im"],
+        "is_member": bool(info.get("is_member")),
+        "is_archived": bool(info.get("is_archived", False)),
+    }
+    channel.pop("members", None)  # Slack lists members with conversations.members
+    return {"ok": True, "channel": channel}
 
 
 @method("conversations.open")

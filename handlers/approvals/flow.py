@@ -14,13 +14,14 @@ from datetime import timedelta
 from typing import Any
 
 from bot.lib.blocks.approvals import ApprovalView, outcome_text, request_message
+from bot.lib.errors import NotFound, UserError
+from bot.lib.interaction import parse_approval_id
 from bot.lib.slack_out import SlackError
 from handlers.approvals import rules
+from handlers.changes import Published, record_change
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
 from handlers.home import refresh_homes
-from storage import audit, outbox
-from storage.approvals import Approvals, parse_id
+from storage.approvals import Approvals
 from storage.customers import Customers
 from storage.departments import DepartmentView
 from storage.models import Approval, Customer, new_id
@@ -163,8 +164,9 @@ async def create(
             expires_at=rules.expires_at(now, deps.config.approvals.expire_after_hours),
             created_at=now,
         )
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user,
             action="approval.requested",
             entity_type="approval",
@@ -172,11 +174,9 @@ async def create(
             customer=customer,
             data=audit_data(row),
             details=reason,
-            vault=deps.vault,
+            publish=Published("approval.requested", customer.external_id, event_data(row, user)),
         )
-        outbox.add(session, "approval.requested", customer.external_id, event_data(row, user))
         view = to_view(deps, row, customer, customers, departments)
-    deps.wake_outbox()
     log.info("approval %s requested (%s) of %s", view.id, kind, dept.key)
     view = await post_request(deps, view, dept)
     await refresh_homes(deps, dept.key, view.requested_by)
@@ -228,7 +228,7 @@ async def check(
     deps: Deps, value: str | None, user: str
 ) -> tuple[ApprovalView | None, rules.Refusal | None]:
     """(the request, why `user` may not decide it or None), changing nothing."""
-    approval_id = parse_id(value)
+    approval_id = parse_approval_id(value)
     view = await load_view(deps, approval_id) if approval_id else None
     if view is None:
         return None, UNKNOWN
@@ -271,7 +271,7 @@ async def decide(
 ) -> Outcome:
     """Approve or reject: the row is locked, the rules checked against the server's own records,
     and the decision, its audit entry and its outbox event committed together."""
-    approval_id = parse_id(value)
+    approval_id = parse_approval_id(value)
     if approval_id is None:
         return Outcome(refusal=UNKNOWN)
     departments = await deps.directory.departments()
@@ -314,8 +314,9 @@ async def decide(
             at=now,
             reason_ct=deps.vault.seal(customer, "approvals", "decision_reason", row.id, reason),
         )
-        await audit.append(
+        await record_change(
             session,
+            deps,
             actor=user,
             action=f"approval.{status}",
             entity_type="approval",
@@ -323,11 +324,9 @@ async def decide(
             customer=customer,
             data=audit_data(row),
             details=reason,
-            vault=deps.vault,
+            publish=Published(f"approval.{status}", customer.external_id, event_data(row, user)),
         )
-        outbox.add(session, f"approval.{status}", customer.external_id, event_data(row, user))
         view = to_view(deps, row, customer, customers, departments)
-    deps.wake_outbox()
     log.info("approval %s %s by %s", view.id, status, user)
     return Outcome(view=view)
 
@@ -382,15 +381,15 @@ async def expire_due(deps: Deps) -> int:
             await repo.decide(row, status=rules.EXPIRED, by=None, at=now)
             customers = Customers(session, deps.vault)
             customer = await customers.get(row.customer_id)
-            await audit.append(
+            await record_change(
                 session,
+                deps,
                 actor=BOT_ACTOR,
                 action="approval.expired",
                 entity_type="approval",
                 entity_id=row.id,
                 customer=customer,
                 data=audit_data(row),
-                vault=deps.vault,
             )
             view = to_view(deps, row, customer, customers, departments)
         expired += 1

@@ -1,16 +1,17 @@
 """Approvals: `/crm approval`, `/crm approvals`, the card's `Request approval` modal, the
 approve/reject buttons and the reject-reason modal, the expiry job and the App Home section.
 
-Listeners stay thin: they parse, call `approval_flow` (units of work) and `approval_rules`
-(the policy), and tell the person. The server decides from its own records only.
+Listeners stay thin: they ack, then (as bolt lazy listeners) parse with the interaction
+toolkit, call `flow` (units of work) and `rules` (the policy), and tell the person; a refusal
+is raised as a UserError for the toolkit's error mapping to tell. The server decides from its
+own records only.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any
 
 from slack_bolt.async_app import AsyncApp
@@ -18,92 +19,46 @@ from slack_bolt.async_app import AsyncApp
 from bot.lib.blocks import approvals as ui
 from bot.lib.blocks import reply
 from bot.lib.blocks.customers import APPROVAL as CARD_BUTTON
+from bot.lib.errors import UserError
+from bot.lib.interaction import (
+    Command,
+    ModalMeta,
+    Submission,
+    ack_only,
+    lazy,
+    open_then_fill,
+    parse_click,
+    parse_customer_id,
+    parse_submission,
+    tell,
+)
 from bot.lib.slack_out import SlackError
 from handlers.approvals import flow, rules
-from handlers.commands import Command, CommandRouter, clean_text
+from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from handlers.errors import UserError
-from storage.approvals import Approvals, parse_id
+from storage.approvals import Approvals
 from storage.customers import Customers
 
 log = logging.getLogger(__name__)
 
 EXPIRY_INTERVAL = 60.0
 LIST_USAGE = "approvals [pending|mine]"
+STALE = "This form is stale."
 
 
 # --- typed private_metadata -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class CreateMeta:
-    customer_id: str
-    channel_id: str | None = None
+class CreateMeta(ModalMeta):
+    """private_metadata of the request modal (`channel_id`: where the card's button was)."""
 
-    def dump(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def load(cls, text: str | None) -> CreateMeta | None:
-        try:
-            raw = json.loads(text or "")
-            return cls(customer_id=str(raw["customer_id"]), channel_id=raw.get("channel_id"))
-        except (ValueError, KeyError, TypeError):
-            return None
+    customer_id: uuid.UUID
 
 
-@dataclass(frozen=True)
-class RejectMeta:
+class RejectMeta(ModalMeta):
+    """private_metadata of the reject-reason modal (`channel_id`: the approval's channel)."""
+
     approval_id: str
-    channel_id: str | None = None
-
-    def dump(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def load(cls, text: str | None) -> RejectMeta | None:
-        try:
-            raw = json.loads(text or "")
-            return cls(approval_id=str(raw["approval_id"]), channel_id=raw.get("channel_id"))
-        except (ValueError, KeyError, TypeError):
-            return None
-
-
-# --- helpers ----------------------------------------------------------------------------------
-
-
-def _channel_of(body: dict[str, Any]) -> str | None:
-    return (body.get("channel") or {}).get("id") or (body.get("container") or {}).get("channel_id")
-
-
-def _value_of(body: dict[str, Any]) -> str | None:
-    acts = body.get("actions") or [{}]
-    return acts[0].get("value")
-
-
-def _input(view: dict[str, Any], ids: tuple[str, str]) -> dict[str, Any]:
-    return ((view.get("state") or {}).get("values") or {}).get(ids[0], {}).get(ids[1]) or {}
-
-
-async def tell(deps: Deps, user: str, channel: str | None, text: str) -> None:
-    """An answer only `user` sees: ephemeral where they clicked, else (or when Slack refuses
-    it there) a direct message."""
-    try:
-        await deps.slack.tell(user, channel, text)
-    except SlackError as exc:
-        log.warning("could not answer %s: %s", user, exc.kind)
-
-
-async def _guarded(deps: Deps, what: str, user: str, channel: str | None, work) -> None:
-    """Typed errors become an answer to the person; anything else is logged with a reference."""
-    try:
-        await work
-    except UserError as exc:
-        await tell(deps, user, channel, str(exc))
-    except Exception:
-        ref = uuid.uuid4().hex[:8]
-        log.exception("%s failed (ref %s)", what, ref)
-        await tell(deps, user, channel, f"Sorry, that did not work (ref {ref}). Please try again.")
 
 
 async def _permalink(deps: Deps, view: ui.ApprovalView) -> str | None:
@@ -177,78 +132,141 @@ async def home_section(deps: Deps, user: str) -> list[dict]:
 
 
 async def open_request_modal(deps: Deps, body: dict[str, Any]) -> None:
-    channel = _channel_of(body)
-    customer_id = parse_id(_value_of(body))
-    async with deps.db.transaction() as session:
-        customers = Customers(session, deps.vault)
-        customer = await customers.get(customer_id) if customer_id else None
-        if customer is None or customer.erased_at is not None:
-            raise UserError("I do not know that customer.")
-        record = customers.read(customer)
-    meta = CreateMeta(customer_id=str(record.id), channel_id=channel)
-    await deps.slack.open_view(body["trigger_id"], ui.create_modal(record, meta.dump()))
+    """`Request approval` on a card: the request modal, opened at once and then filled."""
+    click = parse_click(body)
+    customer_id = parse_customer_id(click.value)
+
+    async def fill() -> dict[str, Any]:
+        async with deps.db.transaction() as session:
+            customers = Customers(session, deps.vault)
+            customer = await customers.get(customer_id) if customer_id else None
+            if customer is None or customer.erased_at is not None:
+                raise UserError("I do not know that customer.")
+            record = customers.read(customer)
+        meta = CreateMeta(customer_id=record.id, channel_id=click.channel)
+        return ui.create_modal(record, meta.model_dump_json())
+
+    await open_then_fill(deps.slack, click.trigger_id, "Request approval", fill)
 
 
-def parse_modal(view: dict[str, Any]) -> tuple[str, rules.Amount, str | None] | dict[str, str]:
-    """(kind, amount, reason) from the request modal, or the modal's errors by block id."""
-    option = _input(view, ui.KIND_INPUT).get("selected_option") or {}
+@dataclass(frozen=True)
+class RequestForm:
+    meta: CreateMeta
+    kind: str
+    amount: rules.Amount
+    reason: str | None
+
+
+def request_form(sub: Submission) -> tuple[RequestForm | None, dict[str, str]]:
+    """The request modal, checked for its shape: (the request, None) or (None, the modal's
+    errors by block id)."""
     try:
-        kind = rules.parse_kind(option.get("value") or "")
+        kind = rules.parse_kind(sub.selected(*ui.KIND_INPUT))
     except rules.AmountError as exc:
-        return {ui.KIND_INPUT[0]: str(exc)}
-    text = (_input(view, ui.AMOUNT_INPUT).get("value") or "").strip()
+        return None, {ui.KIND_INPUT[0]: str(exc)}
+    text = sub.text(*ui.AMOUNT_INPUT)
     try:
         amount = rules.parse_amount(kind, text or ("-" if kind == "exception" else ""))
     except rules.AmountError as exc:
-        return {ui.AMOUNT_INPUT[0]: str(exc)}
-    reason = clean_text(_input(view, ui.REASON_INPUT).get("value") or "") or None
+        return None, {ui.AMOUNT_INPUT[0]: str(exc)}
+    reason = clean_text(sub.input(*ui.REASON_INPUT).get("value") or "") or None
     if reason and len(reason) > rules.MAX_REASON:
-        return {ui.REASON_INPUT[0]: f"At most {rules.MAX_REASON} characters, please."}
-    return kind, amount, reason
+        return None, {ui.REASON_INPUT[0]: f"At most {rules.MAX_REASON} characters, please."}
+    meta = sub.meta(CreateMeta)
+    if meta is None:
+        return None, {ui.AMOUNT_INPUT[0]: STALE}
+    return RequestForm(meta, kind, amount, reason), {}
 
 
-async def create_from_modal(deps: Deps, body: dict[str, Any], meta: CreateMeta, parsed) -> None:
-    user = body["user"]["id"]
-    kind, amount, reason = parsed
+async def request_ack(ack, body) -> None:
+    _, errors = request_form(parse_submission(body))
+    if errors:
+        await ack(response_action="errors", errors=errors)
+    else:
+        await ack()
+
+
+async def create_from_modal(deps: Deps, body: dict[str, Any]) -> None:
+    sub = parse_submission(body)
+    form, _ = request_form(sub)
+    if form is None:
+        return  # answered in the modal by the ack
     view = await flow.create(
         deps,
-        user=user,
-        channel=meta.channel_id,
-        kind=kind,
-        amount=amount,
-        reason=reason,
-        customer_id=parse_id(meta.customer_id),
-        dedupe_key=f"approval:view:{body['view']['id']}",
+        user=sub.user,
+        channel=form.meta.channel_id,
+        kind=form.kind,
+        amount=form.amount,
+        reason=form.reason,
+        customer_id=form.meta.customer_id,
+        dedupe_key=f"approval:view:{sub.view_id}",
     )
     if view is not None:
-        await tell(deps, user, meta.channel_id, ui.confirmation(view, await _permalink(deps, view)))
+        text = ui.confirmation(view, await _permalink(deps, view))
+        await tell(deps.slack, sub.person, text, sub.place)
 
 
 # --- approve / reject -------------------------------------------------------------------------
 
 
+def _refused(user: str, refusal: rules.Refusal) -> UserError:
+    log.info("approval decision refused for %s: %s", user, refusal.code)
+    return UserError(refusal.message)
+
+
 async def approve(deps: Deps, body: dict[str, Any]) -> None:
-    user, channel = body["user"]["id"], _channel_of(body)
-    outcome = await flow.decide(deps, _value_of(body), user, approve=True)
-    await _after(deps, user, channel, outcome)
-
-
-async def _after(deps: Deps, user: str, channel: str | None, outcome: flow.Outcome) -> None:
+    click = parse_click(body)
+    outcome = await flow.decide(deps, click.value, click.user, approve=True)
     if outcome.refusal is not None:
-        log.info("approval decision refused for %s: %s", user, outcome.refusal.code)
-        await tell(deps, user, channel, outcome.refusal.message)
-    elif outcome.view is not None:
+        raise _refused(click.user, outcome.refusal)
+    if outcome.view is not None:
         await flow.announce(deps, outcome.view)
 
 
 async def open_reject_modal(deps: Deps, body: dict[str, Any]) -> None:
-    user, channel = body["user"]["id"], _channel_of(body)
-    view, refusal = await flow.check(deps, _value_of(body), user)
+    """Reject: the reason modal, opened only for someone who may decide (checked first, so
+    nobody else sees a form they cannot send)."""
+    click = parse_click(body)
+    view, refusal = await flow.check(deps, click.value, click.user)
     if refusal is not None or view is None:
-        await tell(deps, user, channel, (refusal or flow.UNKNOWN).message)
-        return
-    meta = RejectMeta(approval_id=str(view.id), channel_id=channel)
-    await deps.slack.open_view(body["trigger_id"], ui.reject_modal(view, meta.dump()))
+        raise _refused(click.user, refusal or flow.UNKNOWN)
+    meta = RejectMeta(approval_id=str(view.id), channel_id=click.channel)
+    await deps.slack.open_view(
+        click.trigger_id or "", ui.reject_modal(view, meta.model_dump_json())
+    )
+
+
+def reject_form(sub: Submission) -> tuple[RejectMeta | None, str, dict[str, str]]:
+    """(metadata, reason, the modal's errors) of a submitted reject modal; its shape only."""
+    reason = clean_text(sub.input(*ui.REASON_INPUT).get("value") or "")
+    field = ui.REASON_INPUT[0]
+    if not reason:
+        return None, reason, {field: "Please give a reason."}
+    meta = sub.meta(RejectMeta)
+    if meta is None:
+        return None, reason, {field: flow.UNKNOWN.message}
+    return meta, reason, {}
+
+
+async def reject_ack(ack, body) -> None:
+    _, _, errors = reject_form(parse_submission(body))
+    if errors:
+        await ack(response_action="errors", errors=errors)
+    else:
+        await ack()
+
+
+async def reject(deps: Deps, body: dict[str, Any]) -> None:
+    """The reason was given: decide, after the ack (a refusal is told where the message is)."""
+    sub = parse_submission(body)
+    meta, reason, _ = reject_form(sub)
+    if meta is None:
+        return  # answered in the modal by the ack
+    outcome = await flow.decide(deps, meta.approval_id, sub.user, approve=False, reason=reason)
+    if outcome.refusal is not None:
+        raise _refused(sub.user, outcome.refusal)
+    if outcome.view is not None:
+        await flow.announce(deps, outcome.view)
 
 
 # --- wiring ---------------------------------------------------------------------------------
@@ -262,58 +280,11 @@ def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
         "ask the approving department for a discount, refund, credit or exception",
     )
     router.add("approvals", list_command, LIST_USAGE, "approvals waiting for you, or your own")
-
-    def on_click(what: str, work):
-        async def listener(ack, body):
-            await ack()
-            user = body["user"]["id"]
-            await _guarded(deps, what, user, _channel_of(body), work(deps, body))
-
-        return listener
-
-    app.action(CARD_BUTTON)(on_click("open approval modal", open_request_modal))
-    app.action(ui.APPROVE)(on_click("approve", approve))
-    app.action(ui.REJECT)(on_click("open reject modal", open_reject_modal))
-
-    @app.view(ui.CREATE_VIEW)
-    async def submit_request(ack, body, view):
-        meta = CreateMeta.load(view.get("private_metadata"))
-        parsed = parse_modal(view)
-        if isinstance(parsed, dict):
-            await ack(response_action="errors", errors=parsed)
-            return
-        if meta is None or parse_id(meta.customer_id) is None:
-            await ack(response_action="errors", errors={ui.AMOUNT_INPUT[0]: "This form is stale."})
-            return
-        await ack()
-        user = body["user"]["id"]
-        work = create_from_modal(deps, body, meta, parsed)
-        await _guarded(deps, "approval request", user, meta.channel_id, work)
-
-    @app.view(ui.REJECT_VIEW)
-    async def submit_reject(ack, body, view):
-        user = body["user"]["id"]
-        meta = RejectMeta.load(view.get("private_metadata"))
-        reason = clean_text(_input(view, ui.REASON_INPUT).get("value") or "")
-        field = ui.REASON_INPUT[0]
-        if not reason:
-            await ack(response_action="errors", errors={field: "Please give a reason."})
-            return
-        if meta is None:
-            await ack(response_action="errors", errors={field: flow.UNKNOWN.message})
-            return
-        try:
-            outcome = await flow.decide(deps, meta.approval_id, user, approve=False, reason=reason)
-        except UserError as exc:
-            await ack(response_action="errors", errors={field: str(exc)})
-            return
-        if outcome.refusal is not None:
-            log.info("approval rejection refused for %s: %s", user, outcome.refusal.code)
-            await ack(response_action="errors", errors={field: outcome.refusal.message})
-            return
-        await ack()
-        if outcome.view is not None:
-            await _guarded(deps, "reject", user, meta.channel_id, flow.announce(deps, outcome.view))
+    app.action(CARD_BUTTON)(ack=ack_only, lazy=[lazy(open_request_modal, deps)])
+    app.action(ui.APPROVE)(ack=ack_only, lazy=[lazy(approve, deps)])
+    app.action(ui.REJECT)(ack=ack_only, lazy=[lazy(open_reject_modal, deps)])
+    app.view(ui.CREATE_VIEW)(ack=request_ack, lazy=[lazy(create_from_modal, deps)])
+    app.view(ui.REJECT_VIEW)(ack=reject_ack, lazy=[lazy(reject, deps)])
 
 
 def jobs(deps: Deps) -> list:

@@ -15,12 +15,13 @@ from datetime import timedelta
 
 from bot.lib.blocks import handoffs as render
 from bot.lib.blocks.customers import label
+from bot.lib.errors import NotFound, UserError
+from bot.lib.interaction import parse_handoff_id
 from bot.lib.slack_out import SlackError
+from handlers.changes import Published, record_change
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
 from handlers.handoffs import rules
 from handlers.home import refresh_homes
-from storage import audit, outbox
 from storage.customers import Customers
 from storage.handoffs import HandoffRecord, Handoffs
 from storage.models import Customer, Handoff
@@ -89,10 +90,12 @@ def event_data(h: Handoff, actor: str) -> dict:
 async def record_step(
     session, deps: Deps, h: Handoff, customer: Customer, actor: str, details: str | None = None
 ) -> None:
-    """The audit entry and the outbox event of a step, in the caller's transaction."""
+    """The audit entry and the outbox event of a step, in the caller's transaction (the relay
+    is woken when it commits)."""
     data = event_data(h, actor)
-    await audit.append(
+    await record_change(
         session,
+        deps,
         actor=actor,
         action=f"handoff.{h.status}",
         entity_type="handoff",
@@ -100,9 +103,8 @@ async def record_step(
         customer=customer,
         data=data,
         details=details,
-        vault=deps.vault,
+        publish=Published(rules.EVENTS[h.status], customer.external_id, data),
     )
-    outbox.add(session, rules.EVENTS[h.status], customer.external_id, data)
 
 
 async def _find_customer(repo: Customers, req: NewHandoff) -> Customer:
@@ -152,7 +154,6 @@ async def create(deps: Deps, req: NewHandoff) -> Created | None:
         )
         await record_step(session, deps, h, customer, req.user, details=req.note)
         record = repo.read(h, customer)
-    deps.wake_outbox()
     log.info("handoff %s requested to %s", record.id, to.key)
 
     try:
@@ -291,7 +292,6 @@ async def _abandon(deps: Deps, hid: uuid.UUID) -> None:
         customer = await repo.customer_of(h)
         h.status, h.closed_by, h.closed_at = rules.CANCELLED, BOT_ACTOR, deps.clock()
         await record_step(session, deps, h, customer, BOT_ACTOR)
-    deps.wake_outbox()
 
 
 @dataclass
@@ -307,7 +307,7 @@ class Click:
 async def act(deps: Deps, click: Click, *, dry_run: bool = False):
     """Take a step. Returns (refusal text or None, the handoff as it now is or None). With
     `dry_run`, only checks whether the step is allowed (e.g. before opening the reason modal)."""
-    hid = rules.parse_id(click.value)
+    hid = parse_handoff_id(click.value)
     if hid is None:
         return "That button does not name a handoff; nothing changed.", None
     async with deps.db.transaction() as session:
@@ -348,7 +348,6 @@ async def act(deps: Deps, click: Click, *, dry_run: bool = False):
             repo.seal_reason(customer, h, click.reason)
         await record_step(session, deps, h, customer, click.user, details=click.reason)
         record = repo.read(h, customer)
-    deps.wake_outbox()
     log.info("handoff %s %s", hid, record.status)
     await show_step(deps, record, click.user)
     await refresh_homes(deps, record.to_department, record.requested_by)

@@ -1,8 +1,9 @@
 """Handoffs between departments: `/crm handoff`, `/crm handoffs`, the card's `Hand off`
 button, the "Hand off customer" message shortcut, and the handoff message's buttons.
 
-Listeners acknowledge at once and work after (bolt lazy listeners); they parse, then call
-`handoff_flow`, which holds the units of work, and `handoff_rules`, which holds the rules.
+Listeners acknowledge at once and work after (bolt lazy listeners); they parse (with the
+interaction toolkit), then call `flow`, which holds the units of work, and `rules`, which holds
+the rules. A refusal is raised as a UserError: the toolkit's error mapping tells the person.
 
 Cancelling: the requester clicks `Cancel handoff` (action `handoff_cancel`) on the message on
 their side; only the requester may, and only while nobody has accepted it. The event contract
@@ -14,20 +15,29 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Awaitable
-from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ValidationError
 from slack_bolt.async_app import AsyncApp
 
 from bot.lib.blocks import customers as cards
 from bot.lib.blocks import handoffs as render
 from bot.lib.blocks import reply
-from bot.lib.slack_out import SlackError
-from handlers.commands import Command, CommandRouter, clean_text
+from bot.lib.errors import UserError
+from bot.lib.interaction import (
+    Command,
+    ModalMeta,
+    Submission,
+    ack_only,
+    lazy,
+    open_then_fill,
+    parse_click,
+    parse_customer_id,
+    parse_shortcut,
+    parse_submission,
+    tell,
+)
+from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
-from handlers.errors import NotFound, UserError
 from handlers.handoffs import flow, rules
 from storage.customers import Customers
 from storage.handoffs import Handoffs
@@ -37,22 +47,26 @@ log = logging.getLogger(__name__)
 USAGE = "handoff <customer> <department> [note]"
 LIST_USAGE = "handoffs [open|mine|<department>]"
 HOME_LIMIT = 10
-SORRY = "Sorry, that did not work; it was logged (ref {ref}). Please try again."
+MODAL_TITLE = "Hand off customer"
+NO_CUSTOMER_IN_MESSAGE = (
+    "I found no customer in that message: it needs a customer's email address or external id."
+)
 
 
-class CreateMeta(BaseModel):
-    """private_metadata of the `Hand off` modal."""
+class CreateMeta(ModalMeta):
+    """private_metadata of the `Hand off` modal (`channel_id`: where the person opened it)."""
 
     customer_id: uuid.UUID
-    channel: str | None = None  # where the person opened it
     context: str | None = None  # permalink of the message it came from
+    # the department the person acts for, as the modal was opened: the modal's own check that
+    # they do not hand off to it (the flow checks again, from the directory)
+    from_department: str | None = None
 
 
-class DecideMeta(BaseModel):
-    """private_metadata of the decline-reason modal."""
+class DecideMeta(ModalMeta):
+    """private_metadata of the decline-reason modal (`channel_id`: the handoff's channel)."""
 
     handoff_id: str
-    channel: str | None = None
     message_ts: str | None = None
 
 
@@ -113,34 +127,6 @@ async def home_section(deps: Deps, user: str) -> list[dict]:
 
 
 # -- helpers -----------------------------------------------------------------------------
-async def safely(what: str, work: Awaitable[Any]) -> tuple[Any, str | None]:
-    """(result, None), or (None, what to tell the person)."""
-    try:
-        return await work, None
-    except UserError as exc:
-        return None, str(exc)
-    except Exception:
-        ref = uuid.uuid4().hex[:8]
-        log.exception("%s failed (ref %s)", what, ref)
-        return None, SORRY.format(ref=ref)
-
-
-async def tell(deps: Deps, channel: str | None, user: str, text: str) -> None:
-    """An ephemeral answer where the person is, or a DM when that is not possible."""
-    try:
-        await deps.slack.tell(user, channel, text)
-    except SlackError as exc:
-        log.warning("DM answer failed (%s)", exc.kind)
-
-
-def clicked(body: dict) -> tuple[str, Any, str | None, str | None]:
-    """(user, value, channel, message_ts) of a button click."""
-    container = body.get("container") or {}
-    action = (body.get("actions") or [{}])[0]
-    channel = container.get("channel_id") or (body.get("channel") or {}).get("id")
-    return body["user"]["id"], action.get("value"), channel, container.get("message_ts")
-
-
 def message_text(message: dict) -> str:
     """A message's text and the texts of its blocks (sections, fields, context)."""
     parts = [message.get("text") or ""]
@@ -155,213 +141,183 @@ def message_text(message: dict) -> str:
     return clean_text("\n".join(parts))[:5000]
 
 
-async def open_create_modal(deps: Deps, trigger_id: str, user: str, meta: CreateMeta) -> str | None:
-    """Open the `Hand off` modal for a customer; returns a refusal instead when there is none."""
+async def create_modal(deps: Deps, user: str, meta: CreateMeta) -> dict[str, Any]:
+    """The `Hand off` modal for a customer; a UserError when there is nothing to hand off."""
     async with deps.db.transaction() as session:
         repo = Customers(session, deps.vault)
         customer = await repo.get(meta.customer_id)
         if customer is None or customer.erased_at is not None:
-            return "I know no such customer (it may have been erased); nothing to hand off."
+            raise UserError(
+                "I know no such customer (it may have been erased); nothing to hand off."
+            )
         record = repo.read(customer)
-    home = await deps.directory.home_of(user, meta.channel)
+    home = await deps.directory.home_of(user, meta.channel_id)
     options = [
         (key, d.name)
         for key, d in (await deps.directory.departments()).items()
         if home is None or key != home.key
     ]
     if not options:
-        return "There is no other department to hand off to."
-    view = render.create_modal(record, options, meta.model_dump_json())
-    await deps.slack.open_view(trigger_id, view)
-    return None
+        raise UserError("There is no other department to hand off to.")
+    meta = meta.model_copy(update={"from_department": home.key if home else None})
+    return render.create_modal(record, options, meta.model_dump_json())
 
 
-def _value(view: dict, block: str, action: str) -> dict:
-    state = (view.get("state") or {}).get("values") or {}
-    return (state.get(block) or {}).get(action) or {}
-
-
-def decline_form(view: dict) -> tuple[DecideMeta | None, str, str | None]:
-    """(metadata, reason, problem) of a submitted decline modal."""
-    reason = (_value(view, render.REASON_BLOCK, render.REASON_ACTION).get("value") or "").strip()
-    try:
-        meta = DecideMeta.model_validate_json(view.get("private_metadata") or "")
-    except ValidationError:
+def decline_form(sub: Submission) -> tuple[DecideMeta | None, str, str | None]:
+    """(metadata, reason, problem) of a submitted decline modal; its shape only."""
+    reason = sub.text(render.REASON_BLOCK, render.REASON_ACTION)
+    meta = sub.meta(DecideMeta)
+    if meta is None:
         return None, reason, "This form is out of date; click Decline again."
     if not reason:
         return meta, reason, "Please give a reason."
     return meta, reason, rules.check_note(reason, rules.MAX_REASON)
 
 
-@dataclass
-class CreateForm:
-    meta: CreateMeta | None
-    department: str
-    note: str | None
-    errors: dict[str, str]
-
-
-async def create_form(deps: Deps, user: str, view: dict) -> CreateForm:
-    """A submitted `Hand off` modal, checked: errors by block id (empty when fine)."""
-    selected = _value(view, render.DEPT_BLOCK, render.DEPT_ACTION).get("selected_option") or {}
-    department = str(selected.get("value") or "")
-    note = (_value(view, render.NOTE_BLOCK, render.NOTE_ACTION).get("value") or "").strip()
-    form = CreateForm(None, department, note or None, {})
-    try:
-        form.meta = CreateMeta.model_validate_json(view.get("private_metadata") or "")
-    except ValidationError:
-        form.errors[render.DEPT_BLOCK] = "This form is out of date; open it again."
-        return form
-    try:
-        to = await deps.directory.get(department) if department else None
-    except NotFound:
-        to = None
-    if to is None:
-        form.errors[render.DEPT_BLOCK] = "Pick a department."
+def create_form(sub: Submission) -> tuple[CreateMeta | None, str, str | None, dict[str, str]]:
+    """(metadata, department, note, errors by block id) of a submitted `Hand off` modal,
+    checked for its shape only (no database, no Slack: the ack must go within 3 s); the flow
+    checks the rest and its refusals are told to the person."""
+    department = sub.selected(render.DEPT_BLOCK, render.DEPT_ACTION)
+    note = sub.text(render.NOTE_BLOCK, render.NOTE_ACTION) or None
+    meta = sub.meta(CreateMeta)
+    errors: dict[str, str] = {}
+    if meta is None:
+        errors[render.DEPT_BLOCK] = "This form is out of date; open it again."
+        return None, department, note, errors
+    if not department:
+        errors[render.DEPT_BLOCK] = "Pick a department."
     else:
-        home = await deps.directory.home_of(user, form.meta.channel)
-        problem = rules.check_route(home.key if home else None, to.key)
+        problem = rules.check_route(meta.from_department, department.strip().lower())
         if problem:
-            form.errors[render.DEPT_BLOCK] = problem
-    problem = rules.check_note(form.note)
+            errors[render.DEPT_BLOCK] = problem
+    problem = rules.check_note(note)
     if problem:
-        form.errors[render.NOTE_BLOCK] = problem
-    return form
+        errors[render.NOTE_BLOCK] = problem
+    return meta, department, note, errors
 
 
-# -- listeners ---------------------------------------------------------------------------
+# -- listeners: module-level functions over the flows (registered in `register`) ----------
+STEPS = {render.ACCEPT: rules.ACCEPT, render.COMPLETE: rules.COMPLETE, render.CANCEL: rules.CANCEL}
+
+
+async def on_step(deps: Deps, body: dict) -> None:
+    """Accept, Complete or Cancel on a handoff message."""
+    click = parse_click(body)
+    step = flow.Click(
+        click.value, STEPS[click.action_id], click.user, click.channel, click.message_ts
+    )
+    problem, _ = await flow.act(deps, step)
+    if problem:
+        raise UserError(problem)
+
+
+async def on_decline(deps: Deps, body: dict) -> None:
+    """Decline: the reason modal, opened only for someone who may decline (checked first, so
+    nobody else sees a form they cannot send)."""
+    click = parse_click(body)
+    step = flow.Click(click.value, rules.DECLINE, click.user, click.channel, click.message_ts)
+    problem, record = await flow.act(deps, step, dry_run=True)
+    if problem or record is None:
+        raise UserError(problem or "Nothing to decline.")
+    meta = DecideMeta(
+        handoff_id=str(record.id), channel_id=click.channel, message_ts=click.message_ts
+    )
+    await deps.slack.open_view(
+        click.trigger_id or "", render.decline_modal(record, meta.model_dump_json())
+    )
+
+
+async def decline_ack(ack, body) -> None:
+    _, _, problem = decline_form(parse_submission(body))
+    if problem:
+        await ack(response_action="errors", errors={render.REASON_BLOCK: problem})
+    else:
+        await ack()
+
+
+async def decline_submitted(deps: Deps, body: dict) -> None:
+    sub = parse_submission(body)
+    meta, reason, problem = decline_form(sub)
+    if problem or meta is None:
+        return  # answered in the modal by the ack
+    step = flow.Click(
+        meta.handoff_id, rules.DECLINE, sub.user, meta.channel_id, meta.message_ts, reason
+    )
+    problem, _ = await flow.act(deps, step)
+    if problem:
+        raise UserError(problem)
+
+
+async def on_card_button(deps: Deps, body: dict) -> None:
+    """`Hand off` on a customer card: the modal."""
+    click = parse_click(body)
+    cid = parse_customer_id(click.value)
+    if cid is None:
+        raise UserError("That button does not name a customer; nothing to do.")
+    meta = CreateMeta(customer_id=cid, channel_id=click.channel)
+    await open_then_fill(
+        deps.slack, click.trigger_id, MODAL_TITLE, lambda: create_modal(deps, click.user, meta)
+    )
+
+
+async def on_shortcut(deps: Deps, body: dict) -> None:
+    """The "Hand off customer" message shortcut: the modal, with the message as context."""
+    shortcut = parse_shortcut(body)
+    refs = rules.customer_refs(message_text(shortcut.message))
+    # Looked up before the modal opens (one blind-index query), so a message that names no
+    # customer gets an answer and no modal; the rest is filled in after it opens.
+    async with deps.db.transaction() as session:
+        customer = await Handoffs(session, deps.vault).customer_named(refs) if refs else None
+        cid = customer.id if customer is not None else None
+    if cid is None:
+        raise UserError(NO_CUSTOMER_IN_MESSAGE)
+
+    async def fill() -> dict[str, Any]:
+        link = await flow.permalink(deps, shortcut.channel, shortcut.message_ts)
+        meta = CreateMeta(customer_id=cid, channel_id=shortcut.channel, context=link)
+        return await create_modal(deps, shortcut.user, meta)
+
+    await open_then_fill(deps.slack, shortcut.trigger_id, MODAL_TITLE, fill)
+
+
+async def create_ack(ack, body) -> None:
+    _, _, _, errors = create_form(parse_submission(body))
+    if errors:
+        await ack(response_action="errors", errors=errors)
+    else:
+        await ack()
+
+
+async def create_submitted(deps: Deps, body: dict) -> None:
+    sub = parse_submission(body)
+    meta, department, note, errors = create_form(sub)
+    if errors or meta is None:
+        return  # answered in the modal by the ack
+    req = flow.NewHandoff(
+        user=sub.user,
+        to=department,
+        note=note,
+        customer_id=meta.customer_id,
+        channel=meta.channel_id,
+        context=meta.context,
+        dedupe_key=f"handoff_create:{sub.view_id}",
+    )
+    created = await flow.create(deps, req)
+    if created is not None and meta.channel_id and meta.channel_id != created.requester_channel:
+        await tell(deps.slack, sub.person, flow.confirmation(created), sub.place)
+
+
 def register(app: AsyncApp, deps: Deps, router: CommandRouter) -> None:
     router.add("handoff", handoff_command, USAGE, "hand a customer off to another department")
     router.add("handoffs", list_command, LIST_USAGE, "open handoffs, with links")
-
-    async def ack_now(ack):
-        await ack()
-
-    def step(action: str):
-        async def on_click(body):
-            user, value, channel, ts = clicked(body)
-            click = flow.Click(value, action, user, channel, ts)
-            result, problem = await safely(f"handoff {action}", flow.act(deps, click))
-            problem = problem or (result[0] if result else None)
-            if problem:
-                await tell(deps, channel, user, problem)
-
-        return on_click
-
-    app.action(render.ACCEPT)(ack=ack_now, lazy=[step(rules.ACCEPT)])
-    app.action(render.COMPLETE)(ack=ack_now, lazy=[step(rules.COMPLETE)])
-    app.action(render.CANCEL)(ack=ack_now, lazy=[step(rules.CANCEL)])
-
-    async def on_decline(body):
-        user, value, channel, ts = clicked(body)
-        click = flow.Click(value, rules.DECLINE, user, channel, ts)
-        result, problem = await safely("handoff decline", flow.act(deps, click, dry_run=True))
-        problem = problem or (result[0] if result else None)
-        if problem or not result:
-            await tell(deps, channel, user, problem or "Nothing to decline.")
-            return
-        record = result[1]
-        meta = DecideMeta(handoff_id=str(record.id), channel=channel, message_ts=ts)
-        view = render.decline_modal(record, meta.model_dump_json())
-        _, problem = await safely("decline modal", deps.slack.open_view(body["trigger_id"], view))
-        if problem:
-            await tell(deps, channel, user, problem)
-
-    app.action(render.DECLINE)(ack=ack_now, lazy=[on_decline])
-
-    async def decline_ack(ack, view):
-        _, _, problem = decline_form(view)
-        if problem:
-            await ack(response_action="errors", errors={render.REASON_BLOCK: problem})
-        else:
-            await ack()
-
-    async def decline_submitted(body, view):
-        meta, reason, problem = decline_form(view)
-        if problem or meta is None:
-            return  # answered in the modal by the ack
-        user = body["user"]["id"]
-        click = flow.Click(
-            meta.handoff_id, rules.DECLINE, user, meta.channel, meta.message_ts, reason
-        )
-        result, problem = await safely("handoff decline", flow.act(deps, click))
-        problem = problem or (result[0] if result else None)
-        if problem:
-            await tell(deps, meta.channel, user, problem)
-
-    app.view(render.DECLINE_VIEW)(ack=decline_ack, lazy=[decline_submitted])
-
-    async def on_card_button(body):
-        user, value, channel, _ = clicked(body)
-        cid = rules.parse_id(value)
-        if cid is None:
-            await tell(deps, channel, user, "That button does not name a customer; nothing to do.")
-            return
-        meta = CreateMeta(customer_id=cid, channel=channel)
-        refusal, problem = await safely(
-            "handoff modal", open_create_modal(deps, body["trigger_id"], user, meta)
-        )
-        if refusal or problem:
-            await tell(deps, channel, user, refusal or problem)
-
-    app.action(cards.HANDOFF)(ack=ack_now, lazy=[on_card_button])
-
-    async def on_shortcut(body):
-        user = body["user"]["id"]
-        channel = (body.get("channel") or {}).get("id")
-        message = body.get("message") or {}
-        refs = rules.customer_refs(message_text(message))
-        async with deps.db.transaction() as session:
-            customer = await Handoffs(session, deps.vault).customer_named(refs) if refs else None
-            cid = customer.id if customer is not None else None
-        if cid is None:
-            await tell(
-                deps,
-                channel,
-                user,
-                "I found no customer in that message: it needs a customer's email address "
-                "or external id.",
-            )
-            return
-        link = await flow.permalink(deps, channel, body.get("message_ts") or message.get("ts"))
-        meta = CreateMeta(customer_id=cid, channel=channel, context=link)
-        refusal, problem = await safely(
-            "handoff modal", open_create_modal(deps, body["trigger_id"], user, meta)
-        )
-        if refusal or problem:
-            await tell(deps, channel, user, refusal or problem)
-
-    app.shortcut(render.SHORTCUT)(ack=ack_now, lazy=[on_shortcut])
-
-    async def create_ack(ack, body, view):
-        form = await create_form(deps, body["user"]["id"], view)
-        if form.errors:
-            await ack(response_action="errors", errors=form.errors)
-        else:
-            await ack()
-
-    async def create_submitted(body, view):
-        user = body["user"]["id"]
-        form = await create_form(deps, user, view)
-        if form.errors or form.meta is None:
-            return  # answered in the modal by the ack
-        meta = form.meta
-        req = flow.NewHandoff(
-            user=user,
-            to=form.department,
-            note=form.note,
-            customer_id=meta.customer_id,
-            channel=meta.channel,
-            context=meta.context,
-            dedupe_key=f"handoff_create:{view['id']}",
-        )
-        created, problem = await safely("handoff create", flow.create(deps, req))
-        if problem:
-            await tell(deps, meta.channel, user, problem)
-        elif created is not None and meta.channel and meta.channel != created.requester_channel:
-            await tell(deps, meta.channel, user, flow.confirmation(created))
-
-    app.view(render.CREATE_VIEW)(ack=create_ack, lazy=[create_submitted])
+    for action in STEPS:
+        app.action(action)(ack=ack_only, lazy=[lazy(on_step, deps)])
+    app.action(render.DECLINE)(ack=ack_only, lazy=[lazy(on_decline, deps)])
+    app.view(render.DECLINE_VIEW)(ack=decline_ack, lazy=[lazy(decline_submitted, deps)])
+    app.action(cards.HANDOFF)(ack=ack_only, lazy=[lazy(on_card_button, deps)])
+    app.shortcut(render.SHORTCUT)(ack=ack_only, lazy=[lazy(on_shortcut, deps)])
+    app.view(render.CREATE_VIEW)(ack=create_ack, lazy=[lazy(create_submitted, deps)])
 
 
 def jobs(deps: Deps) -> list:

@@ -11,7 +11,6 @@ No Slack, no database: they take data and return data, and are tested table-driv
 from __future__ import annotations
 
 import re
-import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -165,16 +164,6 @@ def check_route(from_department: str | None, to_department: str) -> str | None:
     if from_department is not None and from_department == to_department:
         return "That is your own department: hand the customer to another one."
     return None
-
-
-def parse_id(value: object) -> uuid.UUID | None:
-    """A handoff id from a button or metadata; None for anything that is not a UUID."""
-    if not isinstance(value, str) or len(value) > 64:
-        return None
-    try:
-        return uuid.UUID(value)
-    except ValueError:
-        return None
 
 
 LIST_OPEN, LIST_MINE = "open", "mine"

@@ -28,6 +28,7 @@ from storage.db import Database
 from storage.vault import Vault
 from tests.fixtures.bot import FINANCE, GENERAL, MARKETING, SALES, SERVICE
 from tests.fixtures.db import KEY_LINE
+from tests.poll import eventually
 
 from .harness import FAULT_CONFIG
 from .stream import EventStream, tokens_in
@@ -124,23 +125,24 @@ async def progress(db: Database, stream: EventStream, amqp_url: str) -> tuple[in
 
 async def settled(db: Database, stream: EventStream, amqp_url: str, within: float) -> None:
     """Wait until every published event is applied or dead and no alert is pending."""
-    import asyncio
-    import time
+    last: tuple = (None, None, None)
 
-    end = time.monotonic() + within
-    last = None
-    while True:
+    async def done() -> bool:
+        nonlocal last
         try:
             last = await progress(db, stream, amqp_url)
         except Exception as exc:  # the broker or database may still be coming back
             last = (None, None, repr(exc))
-        if last[0] == 0 and last[1] == 0:
-            return
         if os.environ.get("FAULTS_DEBUG"):
             print(f"settling: (left, pending, dead) = {last}", flush=True)
-        if time.monotonic() > end:
-            raise AssertionError(f"not settled within {within}s: (left, pending, dead) = {last}")
-        await asyncio.sleep(0.3)
+        return last[0] == 0 and last[1] == 0
+
+    try:
+        await eventually(done, within, interval=0.3)
+    except AssertionError:
+        raise AssertionError(
+            f"not settled within {within}s: (left, pending, dead) = {last}"
+        ) from None
 
 
 def settle_window(stream: EventStream, bad: list[dict], least: float = 60.0) -> float:

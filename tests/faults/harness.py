@@ -22,7 +22,6 @@ import os
 import signal
 import socket
 import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from tests.fixtures.bot import TEST_CONFIG
 from tests.fixtures.db import KEY_LINE, _admin
 from tests.fixtures.services import PG_URL
 from tests.fixtures.slack import BOT_TOKEN, SCOPES, SIGNING_SECRET
+from tests.poll import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 CRM_BOT = ROOT / ".venv" / "bin" / "crm-bot"
@@ -54,23 +54,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def deadline_poll(check, within: float, interval: float = 0.05, what: str = "condition"):
-    """Poll `check` (sync or async) until truthy; AssertionError naming `what` at the deadline."""
-    end = time.monotonic() + within
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > end:
-            raise AssertionError(f"{what}: not met within {within}s")
-        await asyncio.sleep(interval)
-
-
 async def hold_for(seconds: float) -> None:
     """Let `seconds` pass: for a fault whose length *is* the point (an outage), never to wait
-    for something to happen (poll with `deadline_poll` for that)."""
+    for something to happen (poll with `eventually` for that)."""
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.Event().wait(), seconds)
 
@@ -147,7 +133,7 @@ class BotProcess:
             return await self.ready()
 
         try:
-            await deadline_poll(check, within, 0.1, f"{self.name} ready")
+            await eventually(check, within, interval=0.1, what=f"{self.name} ready")
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{self.log_tail()}") from None
 
@@ -280,7 +266,6 @@ def bot_logs(stack: Stack) -> str:
 __all__ = [
     "BotProcess",
     "Stack",
-    "deadline_poll",
     "free_port",
     "hold_for",
     "run_cli",

@@ -18,9 +18,10 @@ import pytest
 
 from storage.db import Database
 from tests.fixtures.amqp import rabbitmqctl
+from tests.poll import eventually
 
 from .books import check_books, settle_window, settled
-from .harness import deadline_poll, hold_for
+from .harness import hold_for
 from .stream import bad_events
 from .users import Traffic
 
@@ -60,11 +61,11 @@ async def test_broker_app_restart_loses_nothing(stack, stream):
             stream, [stack.sim_for(bot)], stack.sandbox, customers, rate=10, people=3, extra=bad
         )
         users = traffic.users
-        await deadline_poll(lambda: len(stream.published) >= 40, 30)
+        await eventually(lambda: len(stream.published) >= 40, 30)
         before = len(stream.published)
         await restart_broker_app(STOPPED)
         await bot.wait_ready(30)  # the consumer is connected again
-        await deadline_poll(lambda: len(stream.published) >= before + 40, 40)
+        await eventually(lambda: len(stream.published) >= before + 40, 40)
         await traffic.end()
         await settled(db, stream, stack.amqp_url, within=settle_window(stream, bad))
     finally:

@@ -13,12 +13,14 @@ it still pending looks for its post by key before posting; the test allows no do
 
 from __future__ import annotations
 
+import pytest
 from sqlalchemy.engine import make_url
 
 from storage.db import Database
+from tests.poll import eventually
 
 from .books import check_books, settled
-from .harness import deadline_poll, hold_for
+from .harness import hold_for
 from .proxy import TcpProxy
 from .users import Traffic
 
@@ -26,6 +28,7 @@ OUTAGE = 4.0
 CUTS = 2
 
 
+@pytest.mark.slow
 async def test_database_unreachable_for_seconds_loses_nothing(stack, stream):
     url = make_url(stack.db_url)
     proxy = TcpProxy(url.host or "127.0.0.1", url.port or 5432)
@@ -41,11 +44,11 @@ async def test_database_unreachable_for_seconds_loses_nothing(stack, stream):
         )
         users = traffic.users
         for k in range(CUTS):
-            await deadline_poll(lambda k=k: len(stream.published) >= 6 + 30 * (k + 1), 30)
+            await eventually(lambda k=k: len(stream.published) >= 6 + 30 * (k + 1), 30)
             proxy.cut()
             await hold_for(OUTAGE)
             proxy.restore()
-        await deadline_poll(lambda: len(stream.published) >= 6 + 30 * (CUTS + 1), 30)
+        await eventually(lambda: len(stream.published) >= 6 + 30 * (CUTS + 1), 30)
         await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
         await bot.wait_ready(10)  # and it says so again

@@ -14,9 +14,9 @@ import time
 import pytest
 
 from storage.db import Database
+from tests.poll import eventually
 
 from .books import check_books, settled
-from .harness import deadline_poll
 from .users import Traffic
 
 KILLS = 3
@@ -35,12 +35,12 @@ async def test_sigkill_three_times_loses_nothing(stack, stream):
         )
         users = traffic.users
         for k in range(KILLS):
-            await deadline_poll(lambda k=k: len(stream.published) >= 6 + 30 * (k + 1), 30)
+            await eventually(lambda k=k: len(stream.published) >= 6 + 30 * (k + 1), 30)
             await bot.kill()
             t = time.monotonic()
             await bot.start()
             downtime.append(time.monotonic() - t)
-        await deadline_poll(lambda: len(stream.published) >= 6 + 30 * (KILLS + 1), 30)
+        await eventually(lambda: len(stream.published) >= 6 + 30 * (KILLS + 1), 30)
         await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
     finally:

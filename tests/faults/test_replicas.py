@@ -10,9 +10,10 @@ import aiohttp
 import pytest
 
 from storage.db import Database
+from tests.poll import eventually
 
 from .books import check_books, settled
-from .harness import BotProcess, deadline_poll
+from .harness import BotProcess
 from .users import Traffic
 
 CONSUMED = re.compile(r'^crm_sync_events_total\{outcome="consumed"\} ([0-9.e+]+)$', re.M)
@@ -41,7 +42,7 @@ async def test_two_replicas_share_the_load_without_doubles(stack, stream):
             people=4,
         )
         users = traffic.users
-        await deadline_poll(lambda: len(stream.published) >= 12 + 120, 30)
+        await eventually(lambda: len(stream.published) >= 12 + 120, 30)
         await traffic.end()
         await settled(db, stream, stack.amqp_url, within=60)
     finally:

@@ -6,14 +6,17 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 from storage.db import Database
+from tests.poll import eventually
 
 from .books import check_books, settle_window, settled
-from .harness import deadline_poll
 from .stream import bad_events
 from .users import Traffic
 
 
+@pytest.mark.slow
 async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, stream):
     bot = await stack.start_bot()
     t0 = time.monotonic()
@@ -36,9 +39,9 @@ async def test_slack_429_and_5xx_bursts_lose_nothing_and_double_nothing(stack, s
             dict(method="chat.postMessage", times=4, disconnect=True, applied=True),
         ]
         for i, fault in enumerate(faults):
-            await deadline_poll(lambda i=i: len(stream.published) >= 6 + 20 * (i + 1), 30)
+            await eventually(lambda i=i: len(stream.published) >= 6 + 20 * (i + 1), 30)
             stack.sandbox.fail(**fault)
-        await deadline_poll(lambda: len(stream.published) >= 6 + 20 * (len(faults) + 1), 30)
+        await eventually(lambda: len(stream.published) >= 6 + 20 * (len(faults) + 1), 30)
         await traffic.end()
         t1 = time.monotonic()
         await settled(db, stream, stack.amqp_url, within=settle_window(stream, bad))
