@@ -36,6 +36,11 @@ def build_bolt_app(settings: Settings, deps: Deps) -> AsyncApp:
     return app
 
 
+async def startup(deps: Deps) -> None:
+    """What the handlers do once at start (join the department channels)."""
+    await handlers.startup(deps)
+
+
 def jobs(deps: Deps):
     """Periodic work of the handlers (reminders, expiries), as (name, seconds, coroutine fn)."""
     return handlers.background_jobs(deps)

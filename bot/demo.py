@@ -85,6 +85,8 @@ class Demo:
         o = self.options
         self.folder, self._temporary = _data_folder(o.data)
         config = demo_config()
+        # As strict as Slack: the scopes manifest.yml requests (the sandbox's default), rate
+        # limits, membership.
         sandbox = self.sandbox = Sandbox(bot_token="xoxb-demo-" + secrets.token_hex(12), page=True)
         await sandbox.listen("127.0.0.1", o.port)
         self.url = sandbox.url + "/"

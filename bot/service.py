@@ -15,7 +15,7 @@ from aiohttp import web
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
 
-from bot.app import build_bolt_app, drain, jobs, sync_handler
+from bot.app import build_bolt_app, drain, jobs, startup, sync_handler
 from bot.doctor import Check, check_channel
 from bot.http_guard import ConnectionGuard, GuardedSite, close_after_response, raise_fd_limit
 from bot.lib.config import ConfigError, CrmConfig, Settings
@@ -134,6 +134,7 @@ class BotService:
         budget = SharedBudget(db, interval, 1) if shared else None
         slack = SlackOut(client, per_channel_interval=interval, budget=budget)
         self.deps = deps = Deps(db=db, vault=vault, config=self.config, slack=slack)
+        await startup(deps)  # joins the public department channels: before the channel check
         bolt = build_bolt_app(s, deps)
         lazy = bolt.listener_runner.lazy_listener_runner
         self._lazy = lazy if isinstance(lazy, DrainableLazyRunner) else None

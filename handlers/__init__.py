@@ -27,6 +27,11 @@ def register_listeners(app: AsyncApp, deps: Deps) -> CommandRouter:
     return router
 
 
+async def startup(deps: Deps) -> None:
+    """Once, before the bot answers: join the department channels."""
+    await departments.join_channels(deps)
+
+
 def background_jobs(deps: Deps) -> list:
     """(name, interval in seconds, async fn()) for each periodic job."""
     return [
@@ -41,6 +46,7 @@ def background_jobs(deps: Deps) -> list:
 async def drain(deps: Deps, within: float) -> None:
     """On stop, after the consumer and the jobs: let the work they started finish."""
     await sync.drain(deps, within)
+    await deps.homes.drain(within)
 
 
 def sync_handler(deps: Deps):

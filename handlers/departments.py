@@ -56,6 +56,32 @@ def limit_text(limit: Decimal | None) -> str:
     return "none" if limit is None else f"{limit:,.2f}"
 
 
+# --- joining -------------------------------------------------------------------------------
+
+
+async def join_channels(deps: Deps, channels: set[str] | None = None) -> dict[str, str]:
+    """Join the department channels (all, or `channels`), so the bot can read back its own
+    posts there: Slack answers conversations.history only to members (`not_in_channel`), and
+    `chat:write.public` lets it post without joining but not read. Returns {channel: why not}
+    for those it is not in: a private channel cannot be joined, only invited to (its lead
+    invites the bot), and a Slack error leaves a channel for the next start or link."""
+    if channels is None:
+        channels = {d.channel_id for d in (await deps.directory.departments()).values()}
+    missing: dict[str, str] = {}
+    for channel_id in sorted(c for c in channels if c):
+        try:
+            await deps.slack.join(channel_id)
+        except SlackError as exc:
+            missing[channel_id] = exc.kind
+    if missing:  # a private channel answers method_not_supported_for_channel_type, joined or not
+        log.warning(
+            "could not join %d department channels (a private one needs an invitation): %s",
+            len(missing),
+            sorted(missing.items()),
+        )
+    return missing
+
+
 # --- listeners -------------------------------------------------------------------------------
 
 
@@ -101,6 +127,7 @@ async def link(deps: Deps, cmd: Command, key: str) -> dict:
             data={"channel": cmd.channel, "previous_channel": department.channel_id},
         )
     log.info("department %s linked to %s by %s", department.key, cmd.channel, cmd.user)
+    await join_channels(deps, {cmd.channel})
     return reply(
         f"Linked <#{cmd.channel}> to {department.name}: its handoffs, approvals and alerts"
         " now come here."

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from bot.lib.slack_out import SlackOut
 from handlers.directory import Directory, ReaderCache
+from handlers.home_refresh import Homes
 from storage.db import Database
 from storage.models import utcnow
 from storage.vault import Vault
@@ -33,7 +34,9 @@ class Deps:
     home_sections: dict[str, HomeSection] = field(default_factory=dict)
     directory: Directory = field(init=False)
     readers: ReaderCache = field(init=False)  # what users.info said (handlers/access.py)
+    homes: Homes = field(init=False)
 
     def __post_init__(self) -> None:
         self.directory = Directory(self.db, self.slack)
         self.readers = ReaderCache(ttl=self.config.access.users_cache_seconds)
+        self.homes = Homes(self.directory)

@@ -1,5 +1,6 @@
-"""The App Home tab, published when a person opens it and whenever another module calls
-`publish_home(deps, user)` (a handoff or approval of theirs changed).
+"""The App Home tab, published when a person opens it, and republished after a handoff or
+approval of theirs changed (`refresh_homes`) for the people who opened it, in the background
+(handlers.home_refresh.Homes, fed `publish_home` by `register`).
 
 Its sections come from `deps.home_sections`, which the wiring fills (handlers/__init__.py): the
 capabilities call `refresh_homes` from here, so this module must not import them."""
@@ -7,6 +8,7 @@ capabilities call `refresh_homes` from here, so this module must not import them
 from __future__ import annotations
 
 import logging
+from functools import partial
 
 from slack_bolt.async_app import AsyncApp
 
@@ -50,20 +52,10 @@ async def publish_home(deps: Deps, who: Person | str) -> None:
 
 
 async def refresh_homes(deps: Deps, department_key: str | None, requester: str) -> None:
-    """Best effort, after a handoff or approval changed: the App Home of the requester and of
-    the members and leads of the department involved."""
-    users = {requester}
-    dept = (await deps.directory.departments()).get(department_key or "")
-    if dept is not None:
-        try:
-            users |= set(await deps.directory.members(dept)) | set(dept.leads)
-        except SlackError:
-            users |= set(dept.members) | set(dept.leads)
-    for user in sorted(users):
-        try:
-            await publish_home(deps, user)
-        except Exception:
-            log.warning("could not refresh the App Home of %s", user, exc_info=True)
+    """After a handoff or approval changed: the App Home of the requester and of the members
+    and leads of the department involved, for those who opened it, republished in the
+    background (returns at once)."""
+    deps.homes.schedule(department_key, requester)
 
 
 async def opened(deps: Deps, body: dict) -> None:
@@ -72,6 +64,7 @@ async def opened(deps: Deps, body: dict) -> None:
     event = parse_event(body)
     if event.event.get("tab", "home") != "home" or not event.person.id:
         return
+    deps.homes.opened.add(event.person.id)  # republished after changes from now on
     try:
         await publish_home(deps, event.person)
     except SlackError as exc:
@@ -81,4 +74,5 @@ async def opened(deps: Deps, body: dict) -> None:
 
 
 def register(app: AsyncApp, deps: Deps) -> None:
+    deps.homes.publish = partial(publish_home, deps)
     app.event("app_home_opened")(ack=ack_only, lazy=[lazy(opened, deps)])

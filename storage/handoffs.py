@@ -52,6 +52,7 @@ class HandoffRecord:
     context_permalink: str | None
     channel_id: str | None
     message_ts: str | None
+    message_permalink: str | None
     requester_channel_id: str | None
     requester_ts: str | None
     created_at: datetime
@@ -138,6 +139,7 @@ class Handoffs:
             context_permalink=handoff.context_permalink,
             channel_id=handoff.channel_id,
             message_ts=handoff.message_ts,
+            message_permalink=handoff.message_permalink,
             requester_channel_id=handoff.requester_channel_id,
             requester_ts=handoff.requester_ts,
             created_at=handoff.created_at,

@@ -336,6 +336,8 @@ class Handoff(Base):
     reason_ct: Mapped[bytes | None] = mapped_column(LargeBinary)
     channel_id: Mapped[str | None] = mapped_column(String(32))
     message_ts: Mapped[str | None] = mapped_column(String(32))
+    # Saved with the ts when the bot posts: lists and App Homes link it without asking Slack.
+    message_permalink: Mapped[str | None] = mapped_column(String(500))
     requester_channel_id: Mapped[str | None] = mapped_column(String(32))
     requester_ts: Mapped[str | None] = mapped_column(String(32))
     claim_deadline: Mapped[datetime] = mapped_column(UTCDateTime, index=True)

@@ -16,7 +16,16 @@ from bot.sandbox import Sandbox
 from bot.service import Tuning
 from storage.db import Database
 from storage.migrate import upgrade
-from tests.fixtures.bot import BOB, FINANCE, MARKETING, TEST_CONFIG, bot_settings, start_bot
+from tests.fixtures.bot import (
+    BOB,
+    FINANCE,
+    MARKETING,
+    SALES,
+    SERVICE,
+    TEST_CONFIG,
+    bot_settings,
+    start_bot,
+)
 from tests.fixtures.cli import run_cli
 from tests.fixtures.slack import BOT_TOKEN, eventually
 
@@ -27,7 +36,10 @@ DOWN_BROKER = "amqp://guest:guest@127.0.0.1:9/"
 @pytest.fixture
 async def deployment(tmp_path: Path, sandbox: Sandbox, amqp_session_url: str) -> dict[str, str]:
     """The environment of a healthy deployment: a migrated SQLite file, the test config, the
-    sandbox as Slack, the test vhost as RabbitMQ."""
+    sandbox as Slack, the test vhost as RabbitMQ. The bot is in the department channels, as
+    after `crm-bot serve` joined them at start (the strict sandbox's bot starts in none)."""
+    for channel in (SALES, MARKETING, SERVICE, FINANCE):
+        sandbox.invite(channel)
     db_file = tmp_path / "crm.db"
     db = Database(f"sqlite+aiosqlite:///{db_file}")
     await upgrade(db)

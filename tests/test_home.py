@@ -59,3 +59,24 @@ def test_home_view_stays_within_slack_limits(count):
     many = [section(f"item {i}") for i in range(count)]
     view = home_view(["Sales"], many, many)
     assert view["type"] == "home" and len(view["blocks"]) <= 100
+
+
+async def test_homes_are_republished_only_for_people_who_opened_them(bot):
+    """A handoff to finance changes the homes of Alice (who asked) and of finance's people;
+    only those who opened theirs are republished, in the background, each with the link
+    saved when the handoff was posted (no chat.getPermalink per home)."""
+    from tests.test_handoffs import handoff_via_command, seed
+
+    await bot.sim.home_opened(ALICE)
+    await bot.sim.home_opened(GRACE)
+    await eventually(lambda: bot.store.home(ALICE) and bot.store.home(GRACE))
+    await seed(bot.deps)
+    mark = len(bot.store.calls())
+    assert "off to Finance" in await handoff_via_command(bot)
+    publishes = await eventually(
+        lambda: len(bot.store.calls("views.publish")) >= 4 and bot.store.calls()[mark:]
+    )
+    published_for = {c.body["user_id"] for c in publishes if c.method == "views.publish"}
+    assert published_for == {ALICE, GRACE}  # Frank (finance) never opened his
+    assert "Ada Lovelace" in block_texts(bot.store.home(GRACE)["blocks"])
+    assert [c.method for c in publishes].count("chat.getPermalink") == 1  # once, at the post

@@ -27,7 +27,7 @@ from bot.lib.interaction import (
     parse_submission,
     tell,
 )
-from tests.fixtures.bot import ALICE, GENERAL, SALES
+from tests.fixtures.bot import ALICE, BOB, GENERAL, SALES
 from tests.poll import eventually
 
 CLICK = {
@@ -140,6 +140,22 @@ async def test_tell_falls_back_to_a_dm_when_the_place_refuses(sandbox, slack_out
     gone = f"{sandbox.url}/response/no-such-token"
     await tell(slack_out, ALICE, "Second answer.", Place(SALES, response_url=gone))
     assert [e.text for e in sandbox.store.ephemerals(ALICE, SALES)] == ["Second answer."]
+
+
+async def test_tell_falls_back_to_a_dm_where_an_ephemeral_cannot_go(sandbox, slack_out):
+    """Slack's own refusals, not injected faults: the person not in the channel, a private
+    channel the bot is not in; a DM conversation goes to the DM without an ephemeral try."""
+    sandbox.store.add_channel("C0OTHER01", name="other", members=[ALICE])
+    await tell(slack_out, ALICE, "here", Place("C0OTHER01"))
+    assert [e.text for e in sandbox.store.ephemerals(ALICE, "C0OTHER01")] == ["here"]
+    await tell(slack_out, BOB, "not here", Place("C0OTHER01"))  # Bob is not in that channel
+    assert [m["text"] for m in sandbox.store.dms(BOB)] == ["not here"]
+    await tell(slack_out, BOB, "gone", Place("G0GONE001"))  # a private channel, bot not in it
+    assert [m["text"] for m in sandbox.store.dms(BOB)] == ["not here", "gone"]
+    before = len(sandbox.store.calls())
+    await tell(slack_out, BOB, "in a DM", Place("D0SOMEONE"))
+    assert [m["text"] for m in sandbox.store.dms(BOB)][-1] == "in a DM"
+    assert "chat.postEphemeral" not in sandbox.call_counts(before)
 
 
 async def test_failures_of_lazy_and_ack_functions_are_told_to_the_person(

@@ -33,6 +33,7 @@ async def slack_error(call: Any) -> str:
 async def test_post_update_replies_history(sandbox: Sandbox, slack_client: AsyncWebClient):
     auth = await slack_client.auth_test()
     assert auth["user_id"] == BOT_USER_ID
+    await slack_client.conversations_join(channel=SALES)  # history needs membership
 
     parent = await slack_client.chat_postMessage(channel=SALES, text="hi", blocks=[section("hi")])
     assert parent["ok"] and parent["channel"] == SALES
@@ -99,9 +100,14 @@ async def test_granted_scopes_channel_facts_and_deactivated_users(sandbox: Sandb
     client = AsyncWebClient(token=BOT_TOKEN, base_url=sandbox.api_url)
     auth = await client.auth_test()
     assert "chat:write" in auth.headers["x-oauth-scopes"].split(",")
+    granted = sandbox.scopes
     sandbox.scopes = ["commands", "chat:write"]
     assert (await client.api_test()).headers["x-oauth-scopes"] == "commands,chat:write"
+    # one list: the header names what the missing_scope checks grant
+    assert await slack_error(client.conversations_info(channel=SALES)) == "missing_scope"
+    sandbox.scopes = granted
 
+    sandbox.invite(SALES)
     info = await client.conversations_info(channel=SALES)
     assert info["channel"]["is_member"] and not info["channel"]["is_archived"]
     assert not info["channel"]["is_private"]
@@ -109,6 +115,9 @@ async def test_granted_scopes_channel_facts_and_deactivated_users(sandbox: Sandb
     sandbox.store.add_channel("G0SECRET1", "secret", is_member=False)
     info = await client.conversations_info(channel=SALES)
     assert not info["channel"]["is_member"] and info["channel"]["is_archived"]
+    # a private channel the bot is not in does not exist for it, as in Slack
+    assert await slack_error(client.conversations_info(channel="G0SECRET1")) == "channel_not_found"
+    sandbox.invite("G0SECRET1")
     assert (await client.conversations_info(channel="G0SECRET1"))["channel"]["is_private"]
     assert await slack_error(client.conversations_info(channel="C0NOWHERE")) == "channel_not_found"
 
@@ -134,7 +143,7 @@ async def test_home_and_views(sandbox: Sandbox, slack_client: AsyncWebClient):
     view_id = opened["view"]["id"]
     assert sandbox.store.views(ALICE)[0]["private_metadata"] == '{"id": 1}'
     assert await slack_error(slack_client.views_open(trigger_id=trigger, view=modal)) == (
-        "invalid_trigger_id"
+        "exchanged_trigger_id"
     )
     await slack_client.views_update(view_id=view_id, view={**modal, "blocks": [section("two")]})
     assert sandbox.store.view(view_id)["blocks"][0]["text"]["text"] == "two"
@@ -187,6 +196,7 @@ async def test_other_errors(sandbox: Sandbox, slack_client: AsyncWebClient):
     assert await slack_error(slack_client.chat_update(channel=SALES, ts="1.2", text="x")) == (
         "message_not_found"
     )
+    await slack_client.conversations_join(channel=SALES)
     assert await slack_error(slack_client.conversations_replies(channel=SALES, ts="1.2")) == (
         "thread_not_found"
     )
@@ -230,6 +240,7 @@ async def test_history_and_replies_page_and_show_metadata_only_when_asked(
     sandbox: Sandbox, slack_client: AsyncWebClient
 ):
     meta = {"event_type": "crm_bot_post", "event_payload": {"key": "k"}}
+    await slack_client.conversations_join(channel=SALES)
     parent = await slack_client.chat_postMessage(channel=SALES, text="p", metadata=meta)
     for n in range(5):
         await slack_client.chat_postMessage(

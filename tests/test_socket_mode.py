@@ -15,14 +15,14 @@ from bot.service import BotService
 from storage.customers import Customers
 from storage.models import utcnow
 from tests.fixtures.bot import ALICE, SALES, TEST_CONFIG, Harness, bot_settings, start_bot
-from tests.fixtures.slack import BOT_TOKEN, block_texts, eventually
+from tests.fixtures.slack import BOT_TOKEN, SCOPES, block_texts, eventually
 
 APP_TOKEN = "xapp-1-A0SANDBOX-1-sandbox"
 
 
 @pytest.fixture
 async def socket_bot(db, db_url) -> AsyncIterator[Harness]:
-    sandbox = await Sandbox.start(bot_token=BOT_TOKEN, app_token=APP_TOKEN)
+    sandbox = await Sandbox.start(bot_token=BOT_TOKEN, app_token=APP_TOKEN, scopes=SCOPES)
     bot = await start_bot(bot_settings(db_url, sandbox, slack_app_token=APP_TOKEN), sandbox)
     bot.sim.socket_mode = True  # people's requests go over the bot's WebSocket, not HTTP
     try:
@@ -80,7 +80,9 @@ async def _gone(ready):
 
 async def test_an_app_token_slack_refuses_stops_the_start_in_one_line(db, db_url):
     """The Socket Mode client would retry a refused token forever; the admin gets one line."""
-    async with await Sandbox.start(bot_token=BOT_TOKEN, app_token=APP_TOKEN) as sandbox:
+    async with await Sandbox.start(
+        bot_token=BOT_TOKEN, app_token=APP_TOKEN, scopes=SCOPES
+    ) as sandbox:
         settings = bot_settings(db_url, sandbox, slack_app_token="xapp-1-wrong")
         service = BotService(settings, parse_config(TEST_CONFIG))
         try:

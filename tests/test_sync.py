@@ -529,6 +529,9 @@ async def _letters(url: str, n: int):
 
 
 async def test_slack_failing_for_a_while_then_every_alert_posted_once(sync_bot, sandbox):
+    # Rate limits off: the subject is recovery from 5xx; 24 posts a channel would otherwise
+    # take 20 s at Slack's one a second (test_calls_per_action checks the bot under them).
+    sandbox.rate_limits_off()
     bot = await sync_bot()
     customers = [f"C-{i}" for i in range(4)]
     await bot.publish(*(ev("customer.upserted", c, name=f"Cust {c}") for c in customers))
@@ -812,7 +815,10 @@ def _drop_connections(vhost: str) -> None:
             rabbitmqctl("close_connection", line.split()[0], "test: connection dropped")
 
 
-async def test_dropped_connections_mid_stream_lose_nothing(sync_bot, amqp_vhost):
+async def test_dropped_connections_mid_stream_lose_nothing(sync_bot, amqp_vhost, sandbox):
+    # Rate limits off: the subject is the broker; 440 alerts in two channels would take
+    # minutes at Slack's one post a second per channel.
+    sandbox.rate_limits_off()
     bot = await sync_bot()
     people = [ev("customer.upserted", f"C-{i}", name=f"P {i}") for i in range(40)]
     stream = [ticket(ext=f"C-{i % 40}", tid=f"T-{i}", priority="low") for i in range(400)]
@@ -826,7 +832,9 @@ async def test_dropped_connections_mid_stream_lose_nothing(sync_bot, amqp_vhost)
     await bot.publish(*stream[300:])
     try:
         await processed(bot, 440, within=40)
-        await eventually(lambda: _none_pending(bot), within=20)
+        await eventually(
+            lambda: _none_pending(bot), within=90
+        )  # the bot paces itself at about a post a second per channel
     except AssertionError:
         for task in asyncio.all_tasks():
             task.print_stack(limit=6)

@@ -383,7 +383,12 @@ async def tell(
 ) -> None:
     """Answer `person` where the interaction happened (`at`): through its response_url, else
     as an ephemeral message in its channel; when that place refuses (or there is none), in
-    their DM. Never raises: when even the DM fails, that is logged."""
+    their DM. Never raises: when even the DM fails, that is logged.
+
+    A direct-message conversation (`D…`) gets no ephemeral try: it is the bot's DM with the
+    person (where a DM lands anyway) or one between people the bot is not in, which Slack
+    refuses; Slack refuses the channel too when the bot or the person is not in it, it is
+    archived, private or gone: each ends in the DM."""
     user = person.id if isinstance(person, Person) else person
     at = at or Place()
     if at.response_url:
@@ -401,7 +406,7 @@ async def tell(
             log.warning(
                 "answer via response_url failed (%s); trying the channel", type(exc).__name__
             )
-    if at.channel:
+    if at.channel and not at.channel.startswith("D"):
         try:
             await slack.ephemeral(at.channel, user, text, blocks, thread_ts=at.thread_ts)
             return

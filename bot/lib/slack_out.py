@@ -64,6 +64,15 @@ KINDS = frozenset(
         "invalid_auth",
         "msg_too_long",
         "invalid_blocks",
+        "invalid_arguments",
+        "missing_scope",
+        "user_not_in_channel",
+        "user_not_found",
+        "user_disabled",
+        "method_not_supported_for_channel_type",
+        "expired_trigger_id",
+        "exchanged_trigger_id",
+        "invalid_trigger_id",
         "server_error",
         "connection_error",
         "other",
@@ -93,18 +102,36 @@ CLOCK_SKEW = 60.0  # seconds: how far Slack's clock may be behind ours when we l
 
 
 class SlackError(Exception):
-    """A Web API call that failed for good; `kind` is one of `KINDS`."""
+    """A Web API call that failed for good; `kind` is one of `KINDS`.
 
-    def __init__(self, kind: str, method: str, detail: str = "", retry_after: float = 1.0) -> None:
+    `lookup`: the call was a look-up for a post that may have gone out (`keyed_posts`). A
+    look-up that cannot answer (`not_in_channel`, `missing_scope`, `channel_not_found`, 429,
+    ...) leaves the post's outcome unknown, whatever Slack's reason: such an error is
+    transient, so callers retry later and never mark the post failed or post it again."""
+
+    def __init__(
+        self,
+        kind: str,
+        method: str,
+        detail: str = "",
+        retry_after: float = 1.0,
+        *,
+        lookup: bool = False,
+    ) -> None:
         self.kind = kind if kind in KINDS else "other"
         self.method = method
         self.detail = detail
         self.retry_after = retry_after  # seconds, for a 429
-        super().__init__(f"{method}: {self.kind}" + (f" ({detail})" if detail else ""))
+        self.lookup = lookup
+        super().__init__(
+            f"{method}: {self.kind}"
+            + (f" ({detail})" if detail else "")
+            + (" (look-up: outcome unknown)" if lookup else "")
+        )
 
     @property
     def transient(self) -> bool:
-        return self.kind in TRANSIENT
+        return self.lookup or self.kind in TRANSIENT
 
 
 def error_kind(error: Exception) -> tuple[str, str]:
@@ -286,6 +313,46 @@ def fit_to_limits(
     return cut(plain, MAX_TEXT), fitted
 
 
+# -- pacing --------------------------------------------------------------------------------
+# Slack's rate-limit tiers (docs.slack.dev/apis/web-api/rate-limits: per method, per workspace,
+# per app; Tier 2 20+ a minute, Tier 3 50+, Tier 4 100+, bursts tolerated) of the methods the
+# bot calls, from each method's reference page. chat.postMessage is paced per channel instead.
+TIER_PER_MINUTE = {2: 20, 3: 50, 4: 100}
+METHOD_TIERS = {
+    "chat.update": 3,
+    "chat.postEphemeral": 4,
+    "chat.getPermalink": 4,
+    "conversations.history": 3,
+    "conversations.replies": 3,
+    "conversations.open": 3,
+    "conversations.join": 3,
+    "usergroups.users.list": 2,
+    "views.open": 4,
+    "views.update": 4,
+    "views.publish": 4,
+}
+
+
+class _MethodPacer:
+    """Token bucket for one method: a minute's worth of calls at once, then the tier's rate."""
+
+    def __init__(self, per_minute: int) -> None:
+        self.rate = per_minute / 60.0
+        self.burst = float(per_minute)
+        self.tokens = self.burst
+        self.updated = time.monotonic()
+
+    async def wait_turn(self) -> None:
+        while True:
+            now = time.monotonic()
+            self.tokens = min(self.burst, self.tokens + (now - self.updated) * self.rate)
+            self.updated = now
+            if self.tokens >= 1.0:
+                self.tokens -= 1.0
+                return
+            await asyncio.sleep((1.0 - self.tokens) / self.rate)
+
+
 class SlackOut:
     def __init__(
         self,
@@ -301,11 +368,17 @@ class SlackOut:
         self.burst = max(1, burst)
         self.budget: Budget = budget or LocalBudget(per_channel_interval, self.burst)
         self._order: dict[str, asyncio.Lock] = {}  # keeps one process's posts per channel in order
+        self._method_pacers = {
+            m: _MethodPacer(TIER_PER_MINUTE[tier]) for m, tier in METHOD_TIERS.items()
+        }
         self._once: tuple[AsyncWebClient, AsyncWebClient] | None = None
 
     async def _call(
         self, method: str, send: Callable[[], Awaitable[AsyncSlackResponse]]
     ) -> dict[str, Any]:
+        pacer = self._method_pacers.get(method)
+        if pacer is not None:
+            await pacer.wait_turn()
         try:
             response = await send()
         except Exception as exc:
@@ -583,7 +656,10 @@ class SlackOut:
             else:
                 method = "conversations.history"
                 call = partial(self.client.conversations_history, **args)
-            data = await self._call(method, call)
+            try:
+                data = await self._call(method, call)
+            except SlackError as exc:
+                raise SlackError(exc.kind, method, exc.detail, lookup=True) from exc
             for message in data.get("messages") or []:
                 meta = message.get("metadata") or {}
                 key = (meta.get("event_payload") or {}).get("key")
@@ -602,6 +678,13 @@ class SlackOut:
         """The id of the workspace the bot is installed in (auth.test)."""
         data = await self._call("auth.test", lambda: self.client.auth_test())
         return str(data.get("team_id") or "")
+
+    async def join(self, channel: str) -> None:
+        """conversations.join: the bot becomes a member of a public channel (a no-op when it
+        is one already)."""
+        await self._call(
+            "conversations.join", lambda: self.client.conversations_join(channel=channel)
+        )
 
     async def usergroup_members(self, usergroup: str) -> list[str]:
         """The Slack user ids in a user group (usergroups.users.list)."""

@@ -9,6 +9,7 @@ sandbox store too, so a test asserts on what a person sees.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import secrets
 import time
@@ -19,10 +20,19 @@ from urllib.parse import parse_qsl, urlencode
 import aiohttp
 from slack_sdk.signature import SignatureVerifier
 
-from bot.sandbox.server import Sandbox
-from bot.sandbox.store import APP_ID, BOT_USER_ID, TEAM_ID
+from bot.sandbox.server import Sandbox, response_body_error
+from bot.sandbox.store import APP_ID, BOT_USER_ID, TEAM_ID, Call
 
 Signing = Literal["valid", "none", "wrong", "stale"]
+
+# Slack waits 3 seconds for the app's HTTP 200 to any request (docs.slack.dev/apis/events-api,
+# "Responding to events"; interactivity: "acknowledge ... within 3 seconds").
+ACK_TIMEOUT = 3.0
+# An event not acknowledged (timeout or an error status) is retried 3 times, "nearly
+# immediately, then after 1 minute, then after 5 minutes", each with X-Slack-Retry-Num 1..3 and
+# X-Slack-Retry-Reason (events-api, "Failure conditions" / "Retries"). The sandbox keeps the
+# order and the headers but shortens the waits (a test cannot wait five minutes).
+EVENT_RETRY_DELAYS = (0.0, 0.2, 0.5)
 
 
 @dataclass
@@ -37,8 +47,17 @@ class BotReply:
 
 class SlackClientSim:
     def __init__(
-        self, bot_url: str, signing_secret: str, sandbox: Sandbox, *, socket_mode: bool = False
+        self,
+        bot_url: str,
+        signing_secret: str,
+        sandbox: Sandbox,
+        *,
+        socket_mode: bool = False,
+        ack_timeout: float = ACK_TIMEOUT,
+        event_retry_delays: tuple[float, ...] = EVENT_RETRY_DELAYS,
     ) -> None:
+        self.ack_timeout = ack_timeout
+        self.event_retry_delays = event_retry_delays
         self.bot_url = bot_url
         self.sandbox = sandbox
         self.socket_mode = socket_mode
@@ -82,8 +101,16 @@ class SlackClientSim:
             headers["X-Slack-Retry-Reason"] = retry_reason or "http_timeout"
         if self._session is None:
             self._session = aiohttp.ClientSession()
-        async with self._session.post(self.bot_url, data=body.encode(), headers=headers) as resp:
-            return BotReply(resp.status, await resp.text(), dict(resp.headers))
+        try:
+            async with self._session.post(
+                self.bot_url,
+                data=body.encode(),
+                headers=headers,
+                timeout=aiohttp.ClientTimeout(total=self.ack_timeout),
+            ) as resp:
+                return BotReply(resp.status, await resp.text(), dict(resp.headers))
+        except TimeoutError:
+            return BotReply(0, "", {"X-Sandbox-Timeout": "1"})
 
     async def _send_envelope(self, body: str, content_type: str) -> BotReply:
         """The same request as a Socket Mode envelope; the ack's payload is the reply body."""
@@ -142,7 +169,7 @@ class SlackClientSim:
     ) -> BotReply:
         """Type `command text` in `channel`. The ack's text, if any, becomes what the user sees
         (ephemeral unless `response_type` is `in_channel`)."""
-        self.sandbox.store.resolve_channel(channel)
+        self._present(user, channel)
         response_url = self.sandbox.issue_response_url(user, channel)
         form = {
             "token": "sandbox-verification-token",
@@ -160,10 +187,21 @@ class SlackClientSim:
             "trigger_id": self.sandbox.issue_trigger(user),
         }
         reply = await self.send(urlencode(form), "application/x-www-form-urlencoded", **options)
-        self._show_ack(reply, user, channel)
+        self._show_ack(reply, user, channel, command)
         return reply
 
-    def _show_ack(self, reply: BotReply, user: str, channel: str) -> None:
+    def _present(self, user: str, channel: str) -> None:
+        """`user` acts in `channel`: it exists, and they are in it."""
+        info = self.sandbox.store.resolve_channel(channel)
+        if info is not None and not info.get("is_im"):
+            self.sandbox.store.add_member(info["id"], user)
+
+    def _show_ack(self, reply: BotReply, user: str, channel: str, command: str) -> None:
+        target = {"user": user, "channel": channel, "ts": None, "source": "ack"}
+        if reply.status == 0:  # not acknowledged within 3 s: Slack tells the user so
+            failed = {"text": f'{command} failed with the error "operation_timeout"'}
+            self.sandbox.apply_response({**target, "source": "slack"}, failed)
+            return
         if reply.status != 200 or not reply.body:
             return
         try:
@@ -171,7 +209,10 @@ class SlackClientSim:
         except ValueError:
             body = {"text": reply.body}
         if isinstance(body, dict) and (body.get("text") or body.get("blocks")):
-            target = {"user": user, "channel": channel, "ts": None, "source": "ack"}
+            problem = response_body_error(body)
+            if problem is not None:  # Slack shows nothing of an acknowledgement it refuses
+                self.sandbox.store.record_call(Call("ack", body, 400, problem, time.monotonic()))
+                return
             self.sandbox.apply_response(target, body)
 
     async def click(
@@ -188,6 +229,8 @@ class SlackClientSim:
         """Click a button: on a channel message, on the user's ephemeral message (when
         `message_ts` is one), or in a view (pass `container={"type": "view", "view_id": ...}`)."""
         store = self.sandbox.store
+        if channel and not (container and container.get("type") == "view"):
+            self._present(user, channel)
         payload = self._base("block_actions", user)
         message = store.message(channel, message_ts) if channel and message_ts else None
         ephemeral = store.ephemeral(user, message_ts) if message_ts else None
@@ -241,6 +284,12 @@ class SlackClientSim:
         payload["view"] = {**view, "state": {"values": values or {}}}
         payload["response_urls"] = []
         reply = await self._interactive(payload, **options)
+        if reply.status == 0:
+            # Not acknowledged within 3 s: the modal stays open and shows that it failed
+            # ("We had some trouble connecting"), nothing the app answers later applies.
+            store.failed_views.add(view_id)
+            store.emit("view_failed", view_id=view_id)
+            return reply
         if reply.status == 200:
             answer = reply.json() if reply.body else {}
             action = (answer or {}).get("response_action")
@@ -276,7 +325,9 @@ class SlackClientSim:
     async def event(
         self, event: dict[str, Any], *, event_id: str | None = None, **options: Any
     ) -> BotReply:
-        """Deliver an Events API `event_callback` carrying `event`."""
+        """Deliver an Events API `event_callback` carrying `event`; when the bot does not
+        answer 2xx within 3 s, retry it as Slack does (`X-Slack-Retry-Num` 1..3 with the
+        reason), and return the last answer."""
         envelope = {
             "token": "sandbox-verification-token",
             "team_id": TEAM_ID,
@@ -296,7 +347,20 @@ class SlackClientSim:
             ],
             "is_ext_shared_channel": False,
         }
-        return await self.send(json.dumps(envelope), "application/json", **options)
+        body = json.dumps(envelope)
+        reply = await self.send(body, "application/json", **options)
+        if self.socket_mode or "retry_num" in options:
+            return reply
+        for num, delay in enumerate(self.event_retry_delays, start=1):
+            if 200 <= reply.status < 300:
+                break
+            reason = "http_timeout" if reply.status == 0 else "http_error"
+            self.sandbox.store.emit("event_retry", event_id=envelope["event_id"], num=num)
+            await asyncio.sleep(delay)
+            reply = await self.send(
+                body, "application/json", retry_num=num, retry_reason=reason, **options
+            )
+        return reply
 
     async def home_opened(self, user: str, **options: Any) -> BotReply:
         home = self.sandbox.store.home(user)
@@ -310,7 +374,7 @@ class SlackClientSim:
         """`user` writes `text` mentioning the bot in `channel` (stored, then sent as an
         app_mention event)."""
         store = self.sandbox.store
-        store.resolve_channel(channel)
+        self._present(user, channel)
         ts = store.next_ts()
         store.add_message(channel, {"type": "message", "user": user, "text": text, "ts": ts})
         event = {

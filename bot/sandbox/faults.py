@@ -1,12 +1,11 @@
-"""Fault injection for the sandbox: scripted failures and Slack's per-channel rate limit."""
+"""Fault injection for the sandbox: scripted failures, and Slack's rate limits (on by default)."""
 
 from __future__ import annotations
 
-import math
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Any
 
-POSTING_METHODS = frozenset({"chat.postMessage"})
+from bot.sandbox.rules import RateLimits
 
 
 @dataclass
@@ -25,45 +24,17 @@ class Fault:
         return self.times > 0 and (self.method is None or self.method == method)
 
 
-@dataclass
-class _Bucket:
-    tokens: float
-    updated: float
-
-
-@dataclass
-class RateLimit:
-    """Token bucket per channel for posting methods, like Slack's ~1 message/s/channel."""
-
-    per_second: float
-    burst: int
-    buckets: dict[str, _Bucket] = field(default_factory=dict)
-
-    def take(self, channel: str, now: float | None = None) -> float:
-        """0 when a post to `channel` may go now (and counts it), else seconds to wait."""
-        now = time.monotonic() if now is None else now
-        bucket = self.buckets.setdefault(channel, _Bucket(float(self.burst), now))
-        bucket.tokens = min(
-            float(self.burst), bucket.tokens + (now - bucket.updated) * self.per_second
-        )
-        bucket.updated = now
-        if bucket.tokens >= 1.0:
-            bucket.tokens -= 1.0
-            return 0.0
-        return (1.0 - bucket.tokens) / self.per_second
-
-
 class Faults:
-    def __init__(self) -> None:
+    def __init__(self, rate_limits: bool = True) -> None:
         self.scripted: list[Fault] = []
-        self.rate_limit: RateLimit | None = None
+        self.rate_limits: RateLimits | None = RateLimits() if rate_limits else None
 
     def add(self, fault: Fault) -> None:
         self.scripted.append(fault)
 
     def clear(self) -> None:
+        """Forget the scripted faults (Slack's rate limits stay as they are)."""
         self.scripted.clear()
-        self.rate_limit = None
 
     def next_for(self, method: str) -> Fault | None:
         """The scripted fault that answers this call, consuming one of its `times`."""
@@ -73,9 +44,8 @@ class Faults:
                 return fault
         return None
 
-    def throttle(self, method: str, channel: str | None) -> int | None:
-        """Retry-After seconds when the rate limit refuses this call, else None."""
-        if self.rate_limit is None or method not in POSTING_METHODS or not channel:
+    def throttle(self, method: str, channel: Any) -> int | None:
+        """Retry-After seconds when Slack's rate limits refuse this call, else None."""
+        if self.rate_limits is None:
             return None
-        wait = self.rate_limit.take(channel)
-        return math.ceil(wait) if wait > 0 else None
+        return self.rate_limits.retry_after(method, channel)

@@ -1,12 +1,20 @@
-"""Slack's size limits on messages and Block Kit, checked the way Slack rejects them.
+"""Block Kit as Slack checks it: each block and view parsed and validated with slack_sdk's
+own models (slack_sdk.models.blocks / views, which know most of Slack's field limits), plus the
+limits those models do not check, from Slack's Block Kit reference (docs.slack.dev/reference/
+block-kit): at most 50 blocks in a message and 100 in a view, 2000 characters in a section
+field and a context element, 75 in an option's text, 40000 in a message's `text`.
 
-Deliberately independent of `bot.slack_out.fit_to_limits`: the sandbox stands in for Slack,
-so a bug in the bot's trimming shows up here as `invalid_blocks` or `msg_too_long`.
+Deliberately independent of the bot's own trimming (`bot.lib.slack_out.fit_to_limits`): the
+sandbox stands in for Slack, so a bug there shows up here as `invalid_blocks`.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from slack_sdk.errors import SlackObjectFormationError
+from slack_sdk.models.blocks import Block
+from slack_sdk.models.views import View
 
 MAX_TEXT = 40_000
 MAX_MESSAGE_BLOCKS = 50
@@ -18,6 +26,8 @@ MAX_CONTEXT_ELEMENTS = 10
 MAX_CONTEXT_TEXT = 2000
 MAX_BUTTON_TEXT = 75
 MAX_ACTIONS_ELEMENTS = 25
+MAX_OPTION_TEXT = 75
+MAX_MODAL_TITLE = 24
 
 
 def _text_of(obj: Any) -> str:
@@ -34,11 +44,66 @@ def _check_element(where: str, element: Any, errors: list[str]) -> None:
         errors.append(f"must be less than {MAX_BUTTON_TEXT + 1} characters [{where}/text]")
 
 
+def model_errors(blocks: list[Any]) -> list[str]:
+    """What slack_sdk's Block Kit models refuse in `blocks` (an unknown block type too)."""
+    errors: list[str] = []
+    for i, raw in enumerate(blocks):
+        if not isinstance(raw, dict):
+            continue
+        try:
+            block = Block.parse(raw)
+            if block is None or type(block) is Block:
+                errors.append(f"unknown block type [json-pointer:/blocks/{i}]")
+                continue
+            block.to_dict()
+        except (SlackObjectFormationError, TypeError, ValueError, KeyError) as exc:
+            errors.append(f"{exc} [json-pointer:/blocks/{i}]")
+    return errors
+
+
+def _options(node: Any, where: str, errors: list[str]) -> None:
+    """Options anywhere under `node`: their text at most 75 characters."""
+    if isinstance(node, dict):
+        for key in ("options", "initial_options"):
+            for j, option in enumerate(node.get(key) or []):
+                if isinstance(option, dict) and len(_text_of(option.get("text"))) > MAX_OPTION_TEXT:
+                    errors.append(
+                        f"must be less than {MAX_OPTION_TEXT + 1} characters "
+                        f"[json-pointer:{where}/{key}/{j}/text]"
+                    )
+        if isinstance(node.get("initial_option"), dict):
+            _options({"options": [node["initial_option"]]}, where, errors)
+        for key, value in node.items():
+            if key not in ("options", "initial_options", "initial_option"):
+                _options(value, f"{where}/{key}", errors)
+    elif isinstance(node, list):
+        for j, value in enumerate(node):
+            _options(value, f"{where}/{j}", errors)
+
+
+def view_errors(view: Any) -> list[str]:
+    """What Slack refuses in a view: slack_sdk's View model (title 24, type, blocks 100,
+    private_metadata 3000, ...) and the blocks as `block_errors` checks them."""
+    if not isinstance(view, dict):
+        return ["view must be an object"]
+    errors: list[str] = []
+    try:
+        View(**view).to_dict()
+    except (SlackObjectFormationError, TypeError, ValueError) as exc:
+        errors.append(str(exc))
+    title = view.get("title")
+    if view.get("type") == "modal" and len(_text_of(title)) > MAX_MODAL_TITLE:
+        limit = MAX_MODAL_TITLE + 1
+        errors.append(f"must be less than {limit} characters [json-pointer:/view/title]")
+    return errors + block_errors(view.get("blocks", []), MAX_VIEW_BLOCKS)
+
+
 def block_errors(blocks: Any, max_blocks: int = MAX_MESSAGE_BLOCKS) -> list[str]:
     """Slack-style error strings for `blocks`; empty when Slack would accept them."""
     if not isinstance(blocks, list):
         return ["blocks must be an array"]
-    errors: list[str] = []
+    errors: list[str] = model_errors(blocks)
+    _options(blocks, "/blocks", errors)
     if len(blocks) > max_blocks:
         errors.append(f"no more than {max_blocks} items allowed [json-pointer:/blocks]")
     for i, block in enumerate(blocks):

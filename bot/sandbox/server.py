@@ -11,17 +11,25 @@ import json
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-import yaml
 from aiohttp import web
 
 from bot.sandbox import files, views, webapi
-from bot.sandbox.faults import Fault, Faults, RateLimit
+from bot.sandbox.faults import Fault, Faults
+from bot.sandbox.limits import MAX_TEXT, block_errors
+from bot.sandbox.rules import (
+    METHOD_SCOPES,
+    POST_BURST,
+    POST_PER_CHANNEL_PER_SECOND,
+    RateLimits,
+    scopes_from_manifest,
+)
 from bot.sandbox.socket_mode import SocketModeLink
-from bot.sandbox.store import Call, Ephemeral, Store
+from bot.sandbox.store import BOT_USER_ID, Call, Ephemeral, Store
 from bot.sandbox.webapi import WebApi, error
 
 log = logging.getLogger(__name__)
@@ -30,12 +38,10 @@ DEFAULT_TOKEN = "xoxb-sandbox-token"
 MANIFEST = Path(__file__).resolve().parents[2] / "manifest.yml"
 
 
-def manifest_scopes(path: Path = MANIFEST) -> list[str]:
-    """The bot scopes an app installed from this manifest is granted (none without one)."""
-    if not path.is_file():
-        return []
-    manifest = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    return list(((manifest.get("oauth_config") or {}).get("scopes") or {}).get("bot") or [])
+def manifest_scopes(path: Path = MANIFEST) -> list[str] | None:
+    """The bot scopes an app installed from the manifest beside the code is granted; None (every
+    scope) when there is no manifest there."""
+    return sorted(scopes_from_manifest(path)) if path.is_file() else None
 
 
 DEMO_CHANNELS: dict[str, dict[str, Any]] = {
@@ -59,7 +65,28 @@ DEMO_USERGROUPS: dict[str, list[str]] = {
     "S0FINANCE": ["U0FRANK01", "U0GRACE01"],
 }
 
+RESPONSE_URL_USES = 5
+RESPONSE_URL_TTL = 30 * 60.0
+
 ERROR_PAGE = "<html><body><h1>{status}</h1><p>Slack is having trouble.</p></body></html>"
+
+
+def response_body_error(body: dict[str, Any]) -> str | None:
+    """What Slack answers a response_url (or a command's acknowledgement) whose message it
+    refuses: the same Block Kit and text limits as chat.postMessage; None when accepted."""
+    if body.get("delete_original"):
+        return None
+    blocks = body.get("blocks")
+    text = body.get("text")
+    if blocks is not None and not isinstance(blocks, list):
+        return "invalid_blocks_format"
+    if not text and not blocks and not body.get("attachments"):
+        return "no_text"
+    if text and len(str(text)) > MAX_TEXT:
+        return "msg_too_long"
+    if blocks and block_errors(blocks):
+        return "invalid_blocks"
+    return None
 
 
 async def _read_args(request: web.Request) -> dict[str, Any]:
@@ -92,22 +119,26 @@ class Sandbox:
         page: bool = False,
         app_token: str | None = None,
         scopes: Iterable[str] | None = None,
+        rate_limits: bool = True,
     ) -> None:
+        """`scopes`: the bot scopes the workspace granted, by default those manifest.yml
+        requests (every scope only when no manifest is beside the code). Slack's rate limits
+        are on unless `rate_limits=False`."""
         self.bot_token = bot_token
-        # What the bot token was granted: sent, as Slack does, in the `x-oauth-scopes` header
-        # of every answer to a call made with it. The manifest's bot scopes unless given.
-        self.scopes = list(manifest_scopes() if scopes is None else scopes)
         self.socket_mode = SocketModeLink(app_token)  # for a bot given this app-level token
+        if channels is None:  # the demo workspace: everyone is in every channel, the bot in none
+            channels = {c: {**i, "members": list(DEMO_USERS)} for c, i in DEMO_CHANNELS.items()}
         self.store = Store(
-            channels=DEMO_CHANNELS if channels is None else channels,
+            channels=channels,
             users=DEMO_USERS if users is None else users,
             usergroups=DEMO_USERGROUPS if usergroups is None else usergroups,
             auto_channels=auto_channels,
         )
-        self.faults = Faults()
+        self.faults = Faults(rate_limits)
         self.url = ""
         methods = {**webapi.METHODS, **views.METHODS, **files.METHODS}
-        self.webapi = WebApi(self.store, lambda: self.url, methods)
+        granted = manifest_scopes() if scopes is None else list(scopes)
+        self.webapi = WebApi(self.store, lambda: self.url, methods, granted)
         self.app = web.Application()
         files.add_routes(self.app, self.webapi)
         self.app.router.add_route("*", "/api/{method}", self._api)
@@ -153,6 +184,17 @@ class Sandbox:
     def api_url(self) -> str:
         return f"{self.url}/api/"
 
+    @property
+    def scopes(self) -> list[str] | None:
+        """The bot scopes the workspace granted (None: every scope): one list, both the
+        `missing_scope` checks and the `x-oauth-scopes` header read it. A test may set it, as
+        an admin changing the app's scopes would."""
+        return self.webapi.scopes
+
+    @scopes.setter
+    def scopes(self, scopes: Iterable[str] | None) -> None:
+        self.webapi.scopes = None if scopes is None else list(scopes)
+
     # -- test controls -----------------------------------------------------------------
     def fail(
         self,
@@ -173,9 +215,42 @@ class Sandbox:
             status = 200
         self.faults.add(Fault(method, status, times, retry_after, error, disconnect, applied))
 
-    def rate_limit(self, per_channel_per_second: float = 1.0, burst: int = 1) -> None:
-        """Answer chat.postMessage with 429 when one channel gets posts faster than this."""
-        self.faults.rate_limit = RateLimit(per_channel_per_second, burst)
+    def rate_limit(
+        self, per_channel_per_second: float = POST_PER_CHANNEL_PER_SECOND, burst: int = POST_BURST
+    ) -> None:
+        """Slack's rate limits (afresh), with chat.postMessage answered 429 when one channel
+        gets posts faster than this (Slack's own: 1 a second, short bursts allowed)."""
+        self.faults.rate_limits = RateLimits(per_channel_per_second, burst)
+
+    def rate_limits_off(self) -> None:
+        """No rate limits at all. A test that calls this says why in a comment."""
+        self.faults.rate_limits = None
+
+    def invite(self, channel: str, user: str = BOT_USER_ID) -> None:
+        """Someone invites `user` (the bot by default) into `channel`: how the bot gets into
+        a private channel (conversations.join works only for public ones)."""
+        self.store.add_member(channel, user)
+
+    def kick(self, channel: str, user: str = BOT_USER_ID) -> None:
+        """Someone removes `user` (the bot by default) from `channel`."""
+        info = self.store.channels[channel]
+        if user == BOT_USER_ID:
+            info["is_member"] = False
+        elif user in info["members"]:
+            info["members"].remove(user)
+        self.store.emit("channel", channel=info)
+
+    def deactivate(self, user: str) -> None:
+        """An admin deactivates `user`: users.info shows `deleted`, they leave every channel."""
+        self.store.users[user] = {**self.store.users.get(user, {}), "deleted": True}
+        for info in self.store.channels.values():
+            if user in info["members"]:
+                info["members"].remove(user)
+
+    def call_counts(self, since: int = 0) -> Counter[str]:
+        """Web API calls by method, from the `since`-th call on (`len(store.calls())` taken
+        before an action counts that action's calls)."""
+        return Counter(c.method for c in self.store.calls()[since:])
 
     def clear_faults(self) -> None:
         self.faults.clear()
@@ -193,7 +268,13 @@ class Sandbox:
         self, user: str, channel: str | None, message_ts: str | None = None
     ) -> str:
         token = secrets.token_urlsafe(12)
-        self.store.response_urls[token] = {"user": user, "channel": channel, "ts": message_ts}
+        self.store.response_urls[token] = {
+            "user": user,
+            "channel": channel,
+            "ts": message_ts,
+            "issued": time.monotonic(),
+            "uses": 0,
+        }
         return f"{self.url}/response/{token}"
 
     # -- handlers ----------------------------------------------------------------------
@@ -226,13 +307,22 @@ class Sandbox:
         args.pop("token", None)
         if auth_error:
             return self._answer(name, logged, 200, error(auth_error), started)
+        # Every answer to a call made with the bot token names what it was granted in the
+        # `x-oauth-scopes` header, as Slack's do (what `crm-bot doctor` reads).
+        granted = {"x-oauth-scopes": ",".join(self.scopes or ())}
+        needed = METHOD_SCOPES.get(name)
+        if needed and not self.webapi.has_scope(needed):
+            # Slack answers a method whose scope the token lacks with missing_scope, naming
+            # the scope `needed` and the ones `provided` (docs.slack.dev/apis/web-api,
+            # "Errors"); the call does nothing.
+            body = self.webapi.missing_scope(needed)
+            return self._answer(name, logged, 200, body, started, granted)
         retry_after = self.faults.throttle(name, args.get("channel"))
         if retry_after is not None:
             return self._answer(
                 name, logged, 429, error("ratelimited"), started, {"Retry-After": str(retry_after)}
             )
         body = await self.webapi.call(name, args)
-        granted = {"x-oauth-scopes": ",".join(self.scopes)}
         return self._answer(name, logged, 200, body, started, granted)
 
     def _answer(
@@ -268,11 +358,24 @@ class Sandbox:
         target = self.store.response_urls.get(request.match_info["token"])
         if target is None:
             return web.Response(status=404, text="no_such_response_url")
+        # "You can use a response_url up to 5 times within 30 minutes of receiving it"
+        # (docs.slack.dev/interactivity/handling-user-interaction, responding to interactions).
+        if time.monotonic() - target["issued"] > RESPONSE_URL_TTL:
+            return web.Response(status=404, text="expired_url")
+        if target["uses"] >= RESPONSE_URL_USES:
+            return web.Response(status=404, text="used_url")
         try:
             body = await request.json()
         except ValueError:
             return web.Response(status=400, text="invalid_payload")
-        self.apply_response(target, body if isinstance(body, dict) else {})
+        body = body if isinstance(body, dict) else {}
+        problem = response_body_error(body)
+        if problem is not None:
+            self.store.record_call(Call("response_url", body, 400, problem, time.monotonic()))
+            return web.Response(status=400, text=problem)
+        target["uses"] += 1
+        self.store.record_call(Call("response_url", body, 200, {"ok": True}, time.monotonic()))
+        self.apply_response(target, body)
         return web.Response(text="ok")
 
     def apply_response(self, target: dict[str, Any], body: dict[str, Any]) -> None:

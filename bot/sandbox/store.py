@@ -75,6 +75,8 @@ class Store:
         self._view_owner: dict[str, str] = {}
         self.closed_views: set[str] = set()
         self.triggers: dict[str, tuple[str, float]] = {}  # trigger_id -> (user, issued)
+        self.used_triggers: set[str] = set()
+        self.failed_views: set[str] = set()  # submitted, not acknowledged within 3 s
         self.response_urls: dict[str, dict[str, Any]] = {}  # token -> context
         self._calls: list[Call] = []
         self.files: dict[str, Any] = {}  # file id -> bot.sandbox.files.StoredFile
@@ -119,10 +121,18 @@ class Store:
             "name": name or cid.lower(),
             "is_channel": cid.startswith("C"),
             "is_im": cid.startswith("D"),
+            "is_private": cid.startswith("G") or cid.startswith("D"),
             "is_archived": False,
             "created": int(time.time()),
+            # Membership, as Slack keeps it per conversation: the bot is in a channel only once
+            # it joined (conversations.join) or was invited (`Sandbox.invite`); always in its
+            # DMs. `members` are the people in it.
+            "is_member": cid.startswith("D"),
+            "members": [],
             **extra,
         }
+        if info["is_im"] and info.get("user"):
+            info["members"] = [info["user"]]
         self.channels[cid] = info
         self._messages.setdefault(cid, [])
         self.emit("channel", channel=info)
@@ -143,6 +153,22 @@ class Store:
         if self.auto_channels if create is None else create:
             return self.add_channel(ref) if ref[:1] in ("C", "G") else None
         return None
+
+    def add_member(self, cid: str, user: str) -> None:
+        """`user` is in channel `cid` (the bot itself when `user` is BOT_USER_ID)."""
+        info = self.channels.get(cid)
+        if info is None:
+            return
+        if user == BOT_USER_ID:
+            info["is_member"] = True
+        elif user not in info["members"]:
+            info["members"].append(user)
+        self.emit("channel", channel=info)
+
+    def is_active(self, user: str) -> bool:
+        """A known user who was not deactivated (`deleted`, as users.info shows it)."""
+        info = self.users.get(user)
+        return info is not None and not info.get("deleted")
 
     def open_dm(self, user: str) -> dict[str, Any]:
         cid = dm_channel_id(user)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bot.sandbox.limits import MAX_VIEW_BLOCKS, block_errors
+from bot.sandbox.limits import view_errors
 from bot.sandbox.store import APP_ID, BOT_ID, TEAM_ID
 from bot.sandbox.webapi import Body, Method, WebApi, error, parse_json_args, registrar
 
@@ -36,10 +36,33 @@ def _make_view(api: WebApi, spec: Body, view_id: str, previous: Body | None = No
     }
 
 
+# trigger_ids "expire in three seconds" and are exchanged once (docs.slack.dev/interactivity/
+# handling-user-interaction; views.open "Errors": expired_trigger_id, exchanged_trigger_id,
+# invalid_trigger_id).
+TRIGGER_TTL = 3.0
+
+
+def _exchange_trigger(api: WebApi, trigger_id: str) -> tuple[str | None, Body | None]:
+    """(user, None) for a trigger_id that may open a view now, else (None, Slack's error)."""
+    trigger = api.store.triggers.get(trigger_id)
+    if trigger is None:
+        if trigger_id in api.store.used_triggers:
+            return None, error("exchanged_trigger_id")
+        return None, error("invalid_trigger_id")
+    user, issued = trigger
+    if time.monotonic() - issued > TRIGGER_TTL:
+        return None, error("expired_trigger_id")
+    del api.store.triggers[trigger_id]
+    api.store.used_triggers.add(trigger_id)
+    return user, None
+
+
 def _view_error(spec: Any, kind: str) -> Body | None:
+    """Slack refuses a malformed view with invalid_arguments and says why in
+    response_metadata.messages (views.open, "Errors")."""
     if not isinstance(spec, dict) or spec.get("type") != kind:
         return error("invalid_arguments", response_metadata={"messages": ["bad view type"]})
-    problems = block_errors(spec.get("blocks", []), MAX_VIEW_BLOCKS)
+    problems = view_errors(spec)
     if problems:
         return error("invalid_arguments", response_metadata={"messages": problems})
     return None
@@ -48,14 +71,15 @@ def _view_error(spec: Any, kind: str) -> Body | None:
 @method("views.open")
 async def views_open(api: WebApi, args: Body) -> Body:
     parse_json_args(args, "view")
-    trigger = api.store.triggers.pop(str(args.get("trigger_id", "")), None)
-    if trigger is None:
-        return error("invalid_trigger_id")
+    user, err = _exchange_trigger(api, str(args.get("trigger_id", "")))
+    if err:
+        return err
+    assert user is not None
     err = _view_error(args.get("view"), "modal")
     if err:
         return err
     view = _make_view(api, args["view"], api.store.next_id("V"))
-    api.store.put_view(trigger[0], view)
+    api.store.put_view(user, view)
     return {"ok": True, "view": view}
 
 

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from bot.sandbox.limits import MAX_MESSAGE_BLOCKS, MAX_TEXT, block_errors
+from bot.sandbox.rules import history_scope
 from bot.sandbox.store import APP_ID, BOT_ID, BOT_USER_ID, TEAM_ID, Ephemeral, Store
 
 Body = dict[str, Any]
@@ -58,11 +59,23 @@ def _flag(value: Any) -> bool:
 
 class WebApi:
     def __init__(
-        self, store: Store, base_url: Callable[[], str], methods: dict[str, Method]
+        self,
+        store: Store,
+        base_url: Callable[[], str],
+        methods: dict[str, Method],
+        scopes: list[str] | None = None,
     ) -> None:
         self.store = store
         self.base_url = base_url
         self.methods = methods
+        self.scopes = scopes  # None: every scope granted
+
+    def has_scope(self, scope: str) -> bool:
+        return self.scopes is None or scope in self.scopes
+
+    def missing_scope(self, scope: str) -> Body:
+        provided = ",".join(sorted(self.scopes or ()))
+        return error("missing_scope", needed=scope, provided=provided)
 
     async def call(self, name: str, args: Body) -> Body:
         fn = self.methods.get(name)
@@ -89,13 +102,36 @@ class WebApi:
         return None
 
     def channel_for_write(self, ref: Any) -> tuple[dict[str, Any] | None, Body | None]:
+        """The channel a message may be posted in, or Slack's refusal (chat.postMessage,
+        docs.slack.dev/reference/methods/chat.postMessage "Errors"): `channel_not_found` for
+        a private channel the bot is not in (to the bot it does not exist), `is_archived`,
+        and `not_in_channel` for a public one it is not in unless the token has
+        `chat:write.public` ("Send messages to channels @your_slack_app isn't a member of")."""
         if not ref:
             return None, error("channel_not_found")
         info = self.store.resolve_channel(str(ref))
         if info is None:
             return None, error("channel_not_found")
+        if info.get("is_private") and not info.get("is_member"):
+            return None, error("channel_not_found")
         if info.get("is_archived"):
             return None, error("is_archived")
+        if not info.get("is_member") and not self.has_scope("chat:write.public"):
+            return None, error("not_in_channel")
+        return info, None
+
+    def channel_for_read(self, ref: Any) -> tuple[dict[str, Any] | None, Body | None]:
+        """The channel whose messages the bot may read, or Slack's refusal
+        (conversations.history / .replies, "Errors"): `not_in_channel` for a public channel
+        the bot is not a member of, `channel_not_found` for a private one (or none at all),
+        `missing_scope` without the history scope of the conversation's type."""
+        info = self.store.resolve_channel(str(ref or ""), create=False)
+        if info is None or (info.get("is_private") and not info.get("is_member")):
+            return None, error("channel_not_found")
+        if not self.has_scope(history_scope(info)):
+            return None, self.missing_scope(history_scope(info))
+        if not info.get("is_member"):
+            return None, error("not_in_channel")
         return info, None
 
     def bot_message(self, args: Body, ts: str) -> Body:
@@ -197,8 +233,10 @@ async def chat_post_message(api: WebApi, args: Body) -> Body:
 async def chat_update(api: WebApi, args: Body) -> Body:
     parse_json_args(args, "blocks", "metadata", "attachments")
     info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
-    if info is None:
+    if info is None or (info.get("is_private") and not info.get("is_member")):
         return error("channel_not_found")
+    if info.get("is_archived"):
+        return error("is_archived")
     message = api.store.message(info["id"], str(args.get("ts", "")))
     if message is None:
         return error("message_not_found")
@@ -247,6 +285,14 @@ async def chat_post_ephemeral(api: WebApi, args: Body) -> Body:
     user = str(args.get("user") or "")
     if not user or (api.store.users and user not in api.store.users):
         return error("user_not_found")
+    # "user_not_in_channel: Intended recipient is not in the specified channel"
+    # (chat.postEphemeral, "Errors"); a deactivated user is in no channel.
+    if not api.store.is_active(user) and api.store.users:
+        return error("user_not_in_channel")
+    if not info.get("is_im") and user not in info["members"]:
+        return error("user_not_in_channel")
+    if info.get("is_im") and info.get("user") not in (None, user):
+        return error("user_not_in_channel")
     err = api.content_error(args)
     if err:
         return err
@@ -267,7 +313,7 @@ async def chat_post_ephemeral(api: WebApi, args: Body) -> Body:
 @method("chat.getPermalink")
 async def chat_get_permalink(api: WebApi, args: Body) -> Body:
     info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
-    if info is None:
+    if info is None or (info.get("is_private") and not info.get("is_member")):
         return error("channel_not_found")
     ts = str(args.get("message_ts", ""))
     if api.store.message(info["id"], ts) is None:
@@ -311,9 +357,10 @@ def _between(messages: list[Body], args: Body) -> list[Body]:
 
 @method("conversations.replies")
 async def conversations_replies(api: WebApi, args: Body) -> Body:
-    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
-    if info is None:
-        return error("channel_not_found")
+    info, err = api.channel_for_read(args.get("channel"))
+    if err:
+        return err
+    assert info is not None
     thread = api.store.thread(info["id"], str(args.get("ts", "")))
     if not thread:
         return error("thread_not_found")
@@ -322,28 +369,31 @@ async def conversations_replies(api: WebApi, args: Body) -> Body:
 
 @method("conversations.history")
 async def conversations_history(api: WebApi, args: Body) -> Body:
-    info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
-    if info is None:
-        return error("channel_not_found")
+    info, err = api.channel_for_read(args.get("channel"))
+    if err:
+        return err
+    assert info is not None
     found = _between(api.store.messages(info["id"]), args)
     return _page(list(reversed(found)), args)  # newest first, as Slack answers
 
 
 @method("conversations.info")
 async def conversations_info(api: WebApi, args: Body) -> Body:
-    """A channel's facts as Slack gives them to a bot token: `is_member` (True unless the
-    channel's entry says otherwise), `is_archived`, `is_private` (G ids, or said so)."""
+    """A channel's facts as Slack gives them to a bot token: `is_member`, `is_archived`,
+    `is_private`. A private channel the bot is not in does not exist for it:
+    `channel_not_found` (scope channels:read, checked with every method's scope)."""
     info = api.store.resolve_channel(str(args.get("channel", "")), create=False)
-    if info is None:
+    if info is None or (info.get("is_private") and not info.get("is_member")):
         return error("channel_not_found")
-    private = bool(info.get("is_private", info["id"].startswith("G")))
+    private = bool(info.get("is_private"))
     channel = {
         **info,
         "is_private": private,
         "is_group": private and not info["is_im"],
-        "is_member": bool(info.get("is_member", True)),
+        "is_member": bool(info.get("is_member")),
         "is_archived": bool(info.get("is_archived", False)),
     }
+    channel.pop("members", None)  # Slack lists members with conversations.members
     return {"ok": True, "channel": channel}
 
 
@@ -354,8 +404,32 @@ async def conversations_open(api: WebApi, args: Body) -> Body:
         return error("users_list_not_supplied" if not users[0] else "not_implemented")
     if api.store.users and users[0] not in api.store.users:
         return error("user_not_found")
+    # conversations.open "Errors": user_disabled, "The user has been disabled".
+    if api.store.users and not api.store.is_active(users[0]):
+        return error("user_disabled")
     info = api.store.open_dm(users[0])
     return {"ok": True, "channel": {"id": info["id"]}}
+
+
+@method("conversations.join")
+async def conversations_join(api: WebApi, args: Body) -> Body:
+    """Joins a public channel (scope channels:join, checked with every method's scope). A
+    private channel cannot be joined, only invited to: `method_not_supported_for_channel_type`
+    (conversations.join, "Errors"); an archived one answers `is_archived`."""
+    info = api.store.resolve_channel(str(args.get("channel", "")))
+    if info is None or (info.get("is_private") and not info.get("is_member")):
+        return error("channel_not_found")
+    if info.get("is_im") or info.get("is_private"):
+        return error("method_not_supported_for_channel_type")
+    if info.get("is_archived"):
+        return error("is_archived")
+    already = bool(info.get("is_member"))
+    api.store.add_member(info["id"], BOT_USER_ID)
+    answer: Body = {"ok": True, "channel": {**info, "is_member": True}}
+    if already:
+        answer["warning"] = "already_in_channel"
+        answer["response_metadata"] = {"warnings": ["already_in_channel"]}
+    return answer
 
 
 @method("users.info")

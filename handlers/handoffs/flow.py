@@ -8,7 +8,6 @@ told after the commit, from what the database now says.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import uuid
 from dataclasses import dataclass
@@ -164,6 +163,14 @@ async def create(deps: Deps, req: NewHandoff) -> Created | None:
     try:
         link, mine = await _publish(deps, record, to, home, req.requester_channel)
     except SlackError as exc:
+        if exc.transient:
+            # Slack may have posted it (its answer was lost and the look-up could not tell):
+            # the handoff stays requested and the repost job adopts the post or makes it.
+            log.warning("handoff %s: post outcome unknown (%s); the job retries", record.id, exc)
+            raise UserError(
+                f"Slack did not confirm the handoff in <#{to.channel_id}> yet ({exc.kind}); "
+                "it stays requested and will be posted there once Slack answers."
+            ) from None
         await _abandon(deps, record.id)
         raise UserError(
             f"I could not post the handoff in <#{to.channel_id}> ({exc.kind}); it was cancelled."
@@ -185,8 +192,9 @@ async def _publish(
     tried_at = record.created_at.timestamp() if recovering else None
     ts = (await deps.slack.post(to.channel_id, text, blocks, key=key, tried_at=tried_at))["ts"]
     record.channel_id, record.message_ts = to.channel_id, ts
-    await _save_messages(deps, record.id, channel=(record.channel_id, record.message_ts))
     link = await permalink(deps, record.channel_id, record.message_ts)
+    record.message_permalink = link
+    await _save_messages(deps, record.id, channel=(record.channel_id, record.message_ts, link))
 
     side = requester_channel or (home.channel_id if home else None)
     text, blocks = render.requester_message(record, to_name=to.name, parent_link=link)
@@ -273,7 +281,7 @@ async def _save_messages(deps: Deps, hid: uuid.UUID, *, channel=None, requester=
         if h is None:
             return
         if channel:
-            h.channel_id, h.message_ts = channel
+            h.channel_id, h.message_ts, h.message_permalink = channel
         if requester:
             h.requester_channel_id, h.requester_ts = requester
 
@@ -370,7 +378,9 @@ async def refresh(deps: Deps, record: HandoffRecord) -> None:
             deps.slack.update(record.channel_id, record.message_ts, text, blocks),
         )
     if record.requester_channel_id and record.requester_ts:
-        link = await permalink(deps, record.channel_id, record.message_ts)
+        link = record.message_permalink or await permalink(
+            deps, record.channel_id, record.message_ts
+        )
         text, blocks = render.requester_message(record, to_name=to_name, parent_link=link)
         await _quietly(
             "requester update",
@@ -441,8 +451,9 @@ async def _remind_one(deps: Deps, hid: uuid.UUID, now) -> bool:
 
 # -- lists -------------------------------------------------------------------------------
 async def with_links(deps: Deps, records: list[HandoffRecord]):
-    links = await asyncio.gather(*(permalink(deps, r.channel_id, r.message_ts) for r in records))
-    return list(zip(records, links, strict=True))
+    """Each handoff with the permalink saved when it was posted: a list or an App Home costs
+    no chat.getPermalink per handoff (Slack rate-limits it by tier)."""
+    return [(r, r.message_permalink) for r in records]
 
 
 def confirmation(created: Created) -> str:

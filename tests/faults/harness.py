@@ -34,7 +34,7 @@ from bot.sandbox import Sandbox, SlackClientSim
 from tests.fixtures.bot import TEST_CONFIG
 from tests.fixtures.db import KEY_LINE, _admin
 from tests.fixtures.services import PG_URL
-from tests.fixtures.slack import BOT_TOKEN, SIGNING_SECRET
+from tests.fixtures.slack import BOT_TOKEN, SCOPES, SIGNING_SECRET
 from tests.poll import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,7 +212,7 @@ class Stack:
     async def open(
         cls, amqp_url: str, workdir: Path, config: str = FAULT_CONFIG
     ) -> AsyncIterator[Stack]:
-        sandbox = await Sandbox.start(bot_token=BOT_TOKEN)
+        sandbox = await Sandbox.start(bot_token=BOT_TOKEN, scopes=SCOPES)
         try:
             async with throwaway_pg() as (db_name, db_url):
                 config_path = workdir / "crm-bot.toml"

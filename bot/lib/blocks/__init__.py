@@ -6,6 +6,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from bot.lib.slack_out import fit_to_limits
+
 Block = dict[str, Any]
 
 # Slack's ids: only these become mentions; anything else is shown as (escaped) text.
@@ -164,8 +166,11 @@ def select_input(
 
 
 def reply(text: str, blocks: list[Block] | None = None) -> dict[str, Any]:
-    """An answer to the person who asked (ephemeral)."""
+    """An answer to the person who asked (ephemeral), fitted to Slack's limits: it goes out
+    through a command's acknowledgement or a `response_url`, which Slack checks as strictly
+    as chat.postMessage but which do not pass through `SlackOut`."""
+    text, fitted = fit_to_limits(text, blocks)
     out: dict[str, Any] = {"response_type": "ephemeral", "text": text}
-    if blocks:
-        out["blocks"] = blocks
+    if fitted:
+        out["blocks"] = fitted
     return out

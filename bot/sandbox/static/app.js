@@ -325,6 +325,12 @@ function apply(change) {
       delete S.viewErrors[change.view_id];
       renderModal();
       return;
+    case "view_failed":
+      // Slack shows a submission the app did not acknowledge within 3 s as failed, and the
+      // modal stays open.
+      if (!S.views.some((v) => v.id === change.view_id)) return;
+      toast("We had some trouble connecting (the app did not answer within 3 s). Try again?", true);
+      return;
     case "view_errors":
       if (!S.views.some((v) => v.id === change.view_id)) return;
       S.viewErrors[change.view_id] = change.errors || {};
