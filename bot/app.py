@@ -23,7 +23,7 @@ def build_bolt_app(settings: Settings, deps: Deps) -> AsyncApp:
         signing_secret=settings.slack_signing_secret,
         # A client of its own, without the shared keep-alive session: bolt deep-copies each
         # request (with its client) for lazy listeners, and a live session cannot be copied.
-        client=make_client(settings.slack_bot_token, settings.slack_api_url),
+        client=make_client(settings.require("slack_bot_token")[0], settings.slack_api_url),
         # Answer Slack within 3 s: ack first, the work runs after as lazy listeners.
         process_before_response=False,
         raise_error_for_unhandled_request=False,

@@ -96,8 +96,10 @@ class Demo:
         page.topics.update(topics(config))
         amqp = o.amqp_url if o.amqp_url and await broker_answers(o.amqp_url) else None
         secret = secrets.token_hex(16)
+        # _env_file is a parameter of BaseSettings.__init__, which pydantic's
+        # dataclass_transform hides from pyright
         settings = Settings(
-            _env_file=None,
+            _env_file=None,  # pyright: ignore[reportCallIssue]
             slack_bot_token=sandbox.bot_token,
             slack_signing_secret=secret,
             slack_app_token=None,

@@ -24,7 +24,7 @@ import asyncio
 import logging
 import resource
 from collections import OrderedDict
-from typing import Any
+from typing import Any, cast
 
 from aiohttp import web
 
@@ -121,7 +121,9 @@ class _Guarded(asyncio.Protocol):
         self._admitted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
+        # asyncio types a Protocol's transport as the base class; a stream's is a Transport
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
         if not self.guard.admit(self):
             transport.abort()
             return

@@ -133,16 +133,15 @@ async def import_file(
         writing = asyncio.create_task(write(prepared, len(rows)))
 
     try:
-        for line, row, error in read_rows(path):
-            if error is None:
-                try:
-                    row = validate_customer(row)
-                except ValueError as exc:
-                    error = str(exc)
-            if error is not None:
-                report.rejected.append((line, error))
+        for line, raw, error in read_rows(path):
+            if raw is None:  # read_rows gives a row or an error
+                report.rejected.append((line, error or "unreadable row"))
                 continue
-            batch.append(row)
+            try:
+                batch.append(validate_customer(raw))
+            except ValueError as exc:
+                report.rejected.append((line, str(exc)))
+                continue
             if len(batch) >= BATCH:
                 await flush()
         await flush()

@@ -7,6 +7,6 @@ from tqdm import tqdm
 
 
 @contextmanager
-def bar(total: int, label: str) -> Iterator[Callable[[int], None]]:
+def bar(total: int, label: str) -> Iterator[Callable[[int], object]]:
     with tqdm(total=total, desc=label, unit="rows", leave=False, mininterval=0.5) as t:
         yield t.update

@@ -8,6 +8,7 @@ import contextlib
 import logging
 import uuid
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import aiohttp
 from aiohttp import web
@@ -16,7 +17,7 @@ from slack_sdk.web.async_client import AsyncWebClient
 
 from bot.app import build_bolt_app, drain, jobs, startup, sync_handler
 from bot.doctor import Check, check_channel
-from bot.http_guard import GuardedSite, close_after_response, raise_fd_limit
+from bot.http_guard import ConnectionGuard, GuardedSite, close_after_response, raise_fd_limit
 from bot.lib.config import ConfigError, CrmConfig, Settings
 from bot.lib.interaction import DrainableLazyRunner
 from bot.lib.metrics import broker_connected
@@ -27,6 +28,11 @@ from bot.web import create_metrics_app, create_web_app
 from handlers.deps import Deps
 from storage.crypto import CryptoError
 from storage.departments import sync_from_config
+
+if TYPE_CHECKING:  # imported where used: only a bot with AMQP_URL / SLACK_APP_TOKEN needs them
+    from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
+
+    from bot.broker import Consumer, OutboxRelay
 
 log = logging.getLogger(__name__)
 
@@ -97,14 +103,14 @@ class BotService:
         self.config = config
         self.tuning = tuning or Tuning()
         self.deps: Deps | None = None
-        self.consumer = None
-        self.relay = None
+        self.consumer: Consumer | None = None
+        self.relay: OutboxRelay | None = None
         self.url = ""
         self._runner: web.AppRunner | None = None
         self._metrics_runner: web.AppRunner | None = None
         self.metrics_url = ""  # set when METRICS_PORT serves /metrics apart
-        self.guard = None  # the HTTP server's ConnectionGuard
-        self._socket = None
+        self.guard: ConnectionGuard | None = None  # the HTTP server's
+        self._socket: AsyncSocketModeHandler | None = None
         self._tasks: list[asyncio.Task] = []  # the periodic jobs
         self._stopping = asyncio.Event()  # set on stop: the jobs end after the run under way
         self._lazy: DrainableLazyRunner | None = None  # the listeners' work after their ack
@@ -113,7 +119,7 @@ class BotService:
 
     async def start(self, *, migrate: bool = False, port: int | None = None) -> None:
         s = self.settings
-        s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
+        token, secret, _ = s.require("slack_bot_token", "slack_signing_secret", "crm_master_keys")
         db, vault = await open_storage(s, migrate=migrate)
         if vault.audit_key_missing:  # every audited change would fail: say why, once
             await db.close()
@@ -121,7 +127,7 @@ class BotService:
         async with db.transaction() as session:
             await sync_from_config(session, self.config.departments)
         self._http = aiohttp.ClientSession()
-        client = make_client(s.slack_bot_token, s.slack_api_url, session=self._http)
+        client = make_client(token, s.slack_api_url, session=self._http)
         interval = self.tuning.per_channel_interval
         # Replicas share a database only on PostgreSQL: there they share each channel's budget.
         shared = db.engine.dialect.name == "postgresql"
@@ -133,7 +139,7 @@ class BotService:
         lazy = bolt.listener_runner.lazy_listener_runner
         self._lazy = lazy if isinstance(lazy, DrainableLazyRunner) else None
         if s.amqp_url:
-            await self._start_broker(deps)
+            await self._start_broker(deps, s.amqp_url)
         else:
             log.info("AMQP_URL is not set: the sync consumer and outbox relay are off")
         for name, interval, fn in jobs(deps):
@@ -147,14 +153,14 @@ class BotService:
             from slack_bolt.adapter.socket_mode.async_handler import AsyncSocketModeHandler
 
             await check_app_token(bolt.client, s.slack_app_token)
-            self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
-            await self._socket.connect_async()
+            socket = self._socket = AsyncSocketModeHandler(bolt, s.slack_app_token)
+            await socket.connect_async()
             log.info("connected to Slack over Socket Mode")
         raise_fd_limit()
         web_app = create_web_app(
             bolt,
             self.readiness,
-            signing_secret=s.slack_signing_secret,
+            signing_secret=secret,
             metrics_token=s.metrics_token,
             serve_metrics=s.metrics_port is None,
         )
@@ -167,7 +173,7 @@ class BotService:
         )
         await site.start()
         self.guard = site.guard
-        bound = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        bound = self._runner.addresses[0][1]  # (host, port, ...) of the listening socket
         self.url = f"http://127.0.0.1:{bound}"
         log.info("crm-bot listening on port %s", bound)
         if s.metrics_port is not None:
@@ -178,18 +184,18 @@ class BotService:
             metrics_port = s.metrics_port if port is None else 0
             msite = GuardedSite(self._metrics_runner, host, metrics_port, max_connections=64)
             await msite.start()
-            mbound = msite._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            mbound = self._metrics_runner.addresses[0][1]
             self.metrics_url = f"http://127.0.0.1:{mbound}"
             log.info("metrics on port %s", mbound)
 
-    async def _start_broker(self, deps: Deps) -> None:
+    async def _start_broker(self, deps: Deps, amqp_url: str) -> None:
         from bot.broker import Consumer, OutboxMessage, OutboxRelay, customer_partition_key
         from storage import outbox
 
         handle, permanent = sync_handler(deps)
         t = self.tuning
-        self.consumer = Consumer(
-            self.settings.amqp_url,
+        consumer = self.consumer = Consumer(
+            amqp_url,
             handle,
             permanent_errors=permanent,
             prefetch=t.prefetch,
@@ -216,10 +222,10 @@ class BotService:
             async with deps.db.transaction() as session:
                 await outbox.mark_published(session, [uuid.UUID(i) for i in ids])
 
-        self.relay = OutboxRelay(self.settings.amqp_url, fetch, mark, poll_interval=t.outbox_poll)
-        deps.wake_outbox = self.relay.wake
-        await self.consumer.start()
-        await self.relay.start()
+        relay = self.relay = OutboxRelay(amqp_url, fetch, mark, poll_interval=t.outbox_poll)
+        deps.wake_outbox = relay.wake
+        await consumer.start()
+        await relay.start()
 
     # -- department channels --------------------------------------------------------------
     async def check_channels(self, client: AsyncWebClient) -> None:
@@ -268,7 +274,9 @@ class BotService:
         named under `channels` but does NOT make the bot unready: everything else works, and
         a load balancer taking every replica out for one channel would stop all of it; the
         alerts for that channel wait as failed (`crm-bot alerts failed`/`retry`)."""
-        checks: dict[str, object] = {"database": bool(self.deps) and await self.deps.db.ping()}
+        checks: dict[str, object] = {
+            "database": self.deps is not None and await self.deps.db.ping()
+        }
         if self.consumer is not None:
             checks["broker"] = bool(self.consumer.connected)
             broker_connected.set(1 if checks["broker"] else 0)

@@ -56,11 +56,15 @@ GUEST, EXTERNAL, NO_DEPARTMENT = "guest", "external", "no_department"
 
 
 class Dept(Protocol):
-    """What the rules need of a department (storage.departments.DepartmentView has it)."""
+    """What the rules need of a department (storage.departments.DepartmentView has it;
+    read-only, as that frozen dataclass's fields are)."""
 
-    key: str
-    name: str
-    leads: frozenset[str]
+    @property
+    def key(self) -> str: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def leads(self) -> frozenset[str]: ...
 
 
 @dataclass(frozen=True)

@@ -128,14 +128,14 @@ async def build(deps: Deps, digest: Digest, period: datetime, now: datetime):
             lines.append(f"*Handoffs waiting past their claim time*: {waiting}")
         if "approvals_decided" in content:
             since = previous_due(digest, period)
-            stmt = (
+            by_status = (
                 select(Approval.status, func.count())
                 .where(Approval.decided_at >= since, Approval.decided_at < now)
                 .group_by(Approval.status)
             )
             if dept is not None:
-                stmt = stmt.where(Approval.department == dept.key)
-            decided = dict((await session.execute(stmt)).all())
+                by_status = by_status.where(Approval.department == dept.key)
+            decided = {status: n for status, n in await session.execute(by_status)}
             lines.append(
                 f"*Approvals decided since the last digest*: {decided.get('approved', 0)} "
                 f"approved, {decided.get('rejected', 0)} rejected"

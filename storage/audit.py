@@ -88,7 +88,7 @@ async def append(
     vault: Vault,
 ) -> AuditEntry:
     """Add an entry in the caller's transaction (appends are serialised per database)."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:k)"), {"k": LOCK_ID})
     last = (
         await session.execute(select(AuditEntry).order_by(AuditEntry.seq.desc()).limit(1))

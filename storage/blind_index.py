@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import driver_connection
 from .models import BlindIndex
 from .vault import Vault
 
@@ -38,7 +39,7 @@ async def insert_index_rows(session: AsyncSession, rows: list[dict]) -> None:
     # In digest order: consecutive inserts go to neighbouring pages of the digest index.
     rows = sorted(rows, key=lambda r: r["digest"])
     conn = await session.connection()
-    raw = (await conn.get_raw_connection()).driver_connection
+    raw = await driver_connection(session)
     if conn.dialect.name == "postgresql":
         records = [tuple(r[c] for c in INDEX_COLUMNS) for r in rows]
         await raw.copy_records_to_table("blind_index", records=records, columns=INDEX_COLUMNS)

@@ -22,7 +22,7 @@ from sqlalchemy.schema import CreateIndex, DropIndex
 from .blind_index import index_rows, insert_index_rows
 from .crypto import encrypt_field, new_data_key
 from .customers import PERSONAL, PLAIN, CustomerRecord, Customers, clean_changes
-from .db import Database
+from .db import Database, driver_connection
 from .models import BlindIndex, Customer, utcnow
 from .vault import Vault
 
@@ -114,7 +114,7 @@ async def insert_customers(session: AsyncSession, rows: list[dict[str, Any]]) ->
     if conn.dialect.name != "postgresql":
         await session.execute(Customer.__table__.insert(), rows)
         return
-    raw = (await conn.get_raw_connection()).driver_connection
+    raw = await driver_connection(session)
     records = [
         tuple(json.dumps(r[c]) if c == "source_clock" else r[c] for c in CUSTOMER_COLUMNS)
         for r in rows
@@ -122,7 +122,7 @@ async def insert_customers(session: AsyncSession, rows: list[dict[str, Any]]) ->
     await raw.copy_records_to_table("customers", records=records, columns=CUSTOMER_COLUMNS)
 
 
-BLIND_INDEXES = sorted(BlindIndex.__table__.indexes, key=lambda i: i.name)
+BLIND_INDEXES = sorted(BlindIndex.__table__.indexes, key=lambda i: str(i.name))
 BULK_CACHE_KIB = 65536
 
 

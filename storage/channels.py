@@ -14,11 +14,12 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import rowcount
 from .models import ChannelBudget, ChannelLease, ChannelRollup
 
 
 def _insert(session: AsyncSession, model):
-    dialect = session.bind.dialect.name
+    dialect = session.get_bind().dialect.name
     return (pg_insert if dialect == "postgresql" else sqlite_insert)(model)
 
 
@@ -55,7 +56,7 @@ async def renew(session: AsyncSession, channel: str, owner: str, until: datetime
         .where(ChannelLease.channel_id == channel, ChannelLease.owner == owner)
         .values(until=until)
     )
-    return (await session.execute(stmt)).rowcount == 1
+    return await rowcount(session, stmt) == 1
 
 
 async def release(session: AsyncSession, owner: str) -> None:

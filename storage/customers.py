@@ -310,14 +310,14 @@ class Customers:
             written.append(customer)
         self._changed = {}
         with self.session.no_autoflush:
-            for names, params in by_columns.items():
-                values = {n: bindparam(f"v_{n}") for n in names}
+            for names, rows in by_columns.items():
+                values: dict[str, Any] = {n: bindparam(f"v_{n}") for n in names}
                 stmt = (
                     update(table)
                     .where(table.c.id == bindparam("b_id"))
                     .values({**values, "version": table.c.version + 1})
                 )
-                await self.session.execute(stmt, params)
+                await self.session.execute(stmt, rows)
         for customer in written:
             self.session.expunge(customer)
 

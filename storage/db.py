@@ -10,15 +10,34 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
+from typing import Any, cast
 
-from sqlalchemy import event, text
+from sqlalchemy import CursorResult, Executable, event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DisconnectionError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+
+async def rowcount(session: AsyncSession, statement: Executable) -> int:
+    """Execute an INSERT, UPDATE or DELETE; how many rows it changed. (Session.execute is typed
+    as returning a plain Result for any statement; for these it is a CursorResult.)"""
+    result = await session.execute(statement)
+    return cast(CursorResult[Any], result).rowcount
+
+
+async def driver_connection(session: AsyncSession) -> Any:
+    """The driver's own connection under `session` (asyncpg's, aiosqlite's), for COPY and
+    executemany without SQLAlchemy's per-row work."""
+    conn = await session.connection()
+    raw = (await conn.get_raw_connection()).driver_connection
+    if raw is None:  # the pool invalidated it: fail like any lost connection (the caller retries)
+        raise DisconnectionError("database connection invalidated")
+    return raw
 
 
 class DatabaseError(Exception):

@@ -23,10 +23,11 @@ from datetime import datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from sqlalchemy import case, func, literal, select, union_all, update
+from sqlalchemy import ColumnElement, case, func, literal, select, union_all, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import QueryableAttribute
 
 from .models import Customer, Deal, DealTotal, OpenItem, utcnow
 from .vault import Vault
@@ -218,7 +219,9 @@ class Deals:
         ]
         if not rows:
             return
-        insert = pg_insert if self.session.bind.dialect.name == "postgresql" else sqlite_insert
+        insert = (
+            pg_insert if self.session.get_bind().dialect.name == "postgresql" else sqlite_insert
+        )
         stmt = insert(DealTotal)
         stmt = stmt.on_conflict_do_update(
             index_elements=list(_TOTAL_KEYS),
@@ -347,7 +350,7 @@ async def pipeline(
         by_stage[stage].add(int(count or 0), currency, worth if with_values else None)
 
     this, last = f"{month_start(now):%Y-%m}", f"{month_start(now, 1):%Y-%m}"
-    stmt = (
+    closed = (
         select(DealTotal.stage, DealTotal.month, DealTotal.currency, n, amount)
         .where(DealTotal.month.in_((this, last)), DealTotal.stage.in_(CLOSED_STAGES))
         .where(*scope.where_total())
@@ -355,7 +358,7 @@ async def pipeline(
     )
     won = {"this": Total(), "last": Total()}
     lost = {"this": Total(), "last": Total()}
-    for stage, month, currency, count, worth in await session.execute(stmt):
+    for stage, month, currency, count, worth in await session.execute(closed):
         which = "this" if month == this else "last"
         (won if stage == WON else lost)[which].add(
             int(count or 0), currency, worth if with_values else None
@@ -379,8 +382,8 @@ async def pipeline(
             .subquery()
             for stage in OPEN_STAGES
         ]
-        stmt = union_all(*(select(*q.c) for q in per_stage))
-        top = [OpenDeal(*row) for row in await session.execute(stmt)]
+        largest_per_stage = union_all(*(select(*q.c) for q in per_stage))
+        top = [OpenDeal(*row) for row in await session.execute(largest_per_stage)]
         top.sort(key=lambda d: -(d.amount or 0))
         top = top[:largest]
     return Pipeline(by_stage, won, lost, top)
@@ -414,13 +417,16 @@ async def won_by_week(
 async def open_items(
     session: AsyncSession, kind: str, department: str | None, *, with_values: bool
 ) -> Total:
-    cols = [OpenItem.currency, func.count()] + ([func.sum(OpenItem.amount)] if with_values else [])
+    cols: list[ColumnElement[Any] | QueryableAttribute[Any]] = [OpenItem.currency, func.count()]
+    if with_values:
+        cols.append(func.sum(OpenItem.amount))
     stmt = select(*cols).where(OpenItem.kind == kind, OpenItem.is_open.is_(True))
     if department:
         stmt = stmt.where(OpenItem.owner_department == department)
     total = Total()
     for row in await session.execute(stmt.group_by(OpenItem.currency)):
-        total.add(row[1], row[0], row[2] if with_values else None)
+        currency, count, *amount = tuple(row)  # the amount only with values
+        total.add(count, currency, amount[0] if with_values else None)
     return total
 
 

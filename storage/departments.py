@@ -30,7 +30,7 @@ async def sync_from_config(session: AsyncSession, departments) -> None:
     """Make the table match the config; a channel linked with `/crm dept link` is kept.
     Replicas starting together take turns (on SQLite, BEGIN IMMEDIATE does that already),
     so none inserts a row another is inserting at that moment."""
-    if session.bind.dialect.name == "postgresql":
+    if session.get_bind().dialect.name == "postgresql":
         await session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": CONFIG_LOCK})
     existing = {d.key: d for d in (await session.execute(select(Department))).scalars()}
     for key, dept in departments.items():

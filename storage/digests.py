@@ -14,6 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import rowcount
 from .models import DigestRun
 
 
@@ -22,21 +23,23 @@ async def claim(
 ) -> tuple[DigestRun, datetime | None] | None:
     """(the run, when an earlier holder claimed it: it may have posted) when `owner` is to post
     this period now; None when it was posted, or a claim on it is still live."""
-    insert = pg_insert if session.bind.dialect.name == "postgresql" else sqlite_insert
+    insert = pg_insert if session.get_bind().dialect.name == "postgresql" else sqlite_insert
     stmt = (
         insert(DigestRun)
         .values(digest=digest, period=period, claimed_by=owner, claimed_at=now)
         .on_conflict_do_nothing(index_elements=["digest", "period"])
     )
-    if (await session.execute(stmt)).rowcount == 1:
-        return await _get(session, digest, period), None
+    inserted = await rowcount(session, stmt) == 1
     run = await _get(session, digest, period)
+    if inserted and run is not None:
+        return run, None
     if run is None or run.posted_at is not None:
         return None
     if run.claimed_at > now - timedelta(seconds=lease):
         return None  # being posted (by this process too: its job and a direct call)
     earlier = run.claimed_at
-    taken = await session.execute(
+    taken = await rowcount(
+        session,
         update(DigestRun)
         .where(
             DigestRun.digest == digest,
@@ -46,9 +49,9 @@ async def claim(
             DigestRun.claimed_at == earlier,
         )
         .values(claimed_by=owner, claimed_at=now)
-        .execution_options(synchronize_session=False)
+        .execution_options(synchronize_session=False),
     )
-    if taken.rowcount != 1:
+    if taken != 1:
         return None
     await session.refresh(run)
     return run, earlier

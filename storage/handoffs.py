@@ -7,11 +7,11 @@ Takes a session, never commits: the caller's unit of work does.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import func, or_, select
+from sqlalchemy import ColumnElement, func, or_, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from .customers import CustomerRecord, Customers
@@ -19,6 +19,20 @@ from .models import Customer, Handoff
 from .vault import Vault
 
 OPEN = ("requested", "accepted")
+
+
+@dataclass(frozen=True)
+class HandoffQuery:
+    """Which open handoffs a list shows: those to `to_departments`, from `from_departments`,
+    or requested by or assigned to `user` (any of these matches); all of them with `everyone`.
+    An empty query matches none. With `within`, only those sent to or from one of those
+    departments (the access model's "party to")."""
+
+    to_departments: Collection[str] = ()
+    from_departments: Collection[str] = ()
+    user: str | None = None
+    everyone: bool = False
+    within: Collection[str] = ()
 
 
 @dataclass
@@ -144,34 +158,23 @@ class Handoffs:
         }
         return [self.read(r, customers[r.customer_id]) for r in rows if r.customer_id in customers]
 
-    async def listing(
-        self,
-        *,
-        to_departments: Iterable[str] = (),
-        from_departments: Iterable[str] = (),
-        user: str | None = None,
-        everyone: bool = False,
-        within: Iterable[str] = (),
-        limit: int = 20,
-    ) -> tuple[list[Handoff], int]:
-        """Open handoffs, newest first: to `to_departments`, from `from_departments`, or
-        requested by or assigned to `user` (any of these), or all with `everyone`; with
-        `within`, only those sent to or from one of those departments (the access model's
-        "party to"); (the first `limit`, how many in all)."""
-        conditions = []
-        if to_departments:
-            conditions.append(Handoff.to_department.in_(list(to_departments)))
-        if from_departments:
-            conditions.append(Handoff.from_department.in_(list(from_departments)))
-        if user is not None:
-            conditions += [Handoff.requested_by == user, Handoff.assignee == user]
-        if not conditions and not everyone:
+    async def listing(self, query: HandoffQuery, *, limit: int = 20) -> tuple[list[Handoff], int]:
+        """The open handoffs `query` matches, newest first: (the first `limit`, how many in
+        all)."""
+        conditions: list[ColumnElement[bool]] = []
+        if query.to_departments:
+            conditions.append(Handoff.to_department.in_(list(query.to_departments)))
+        if query.from_departments:
+            conditions.append(Handoff.from_department.in_(list(query.from_departments)))
+        if query.user is not None:
+            conditions += [Handoff.requested_by == query.user, Handoff.assignee == query.user]
+        if not conditions and not query.everyone:
             return [], 0
-        where = [Handoff.status.in_(OPEN)]
+        where: list[ColumnElement[bool]] = [Handoff.status.in_(OPEN)]
         if conditions:
             where.append(or_(*conditions))
-        if within:
-            party = list(within)
+        if query.within:
+            party = list(query.within)
             where.append(or_(Handoff.to_department.in_(party), Handoff.from_department.in_(party)))
         total = (
             await self.session.execute(select(func.count()).select_from(Handoff).where(*where))
@@ -191,8 +194,8 @@ class Handoffs:
         if not ids:
             return None
         stmt = select(Customer).where(Customer.external_id.in_(ids), Customer.erased_at.is_(None))
-        found = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
-        return next((found[r] for r in ids if r in found), None)
+        by_id = {c.external_id: c for c in (await self.session.execute(stmt)).scalars()}
+        return next((by_id[r] for r in ids if r in by_id), None)
 
     async def unposted(self, older_than: datetime, limit: int = 20) -> list[uuid.UUID]:
         """Requested handoffs whose channel message is not on record (the process stopped, or

@@ -8,6 +8,7 @@ from __future__ import annotations
 import uuid
 from datetime import UTC, datetime
 from decimal import Decimal
+from typing import TYPE_CHECKING, ClassVar
 
 from sqlalchemy import (
     JSON,
@@ -22,6 +23,7 @@ from sqlalchemy import (
     MetaData,
     Numeric,
     String,
+    Table,
     Text,
     TypeDecorator,
     Uuid,
@@ -60,7 +62,15 @@ NAMING = {
 
 
 class Base(DeclarativeBase):
+    """Every model here is mapped to one Table. SQLAlchemy types `__table__` as the wider
+    FromClause (a class may be mapped to a join or a select); the declaration below, seen only
+    by type checkers, says what is true here, so Core statements (`insert(Model.__table__)`,
+    bulk `executemany`) type-check without casts."""
+
     metadata = MetaData(naming_convention=NAMING)
+    if TYPE_CHECKING:
+        # pyright forbids narrowing an inherited ClassVar; true here, as every model has a Table
+        __table__: ClassVar[Table]  # pyright: ignore[reportIncompatibleVariableOverride]
 
 
 Id = Uuid(as_uuid=True)

@@ -14,7 +14,7 @@ from .db import Database
 from .models import AuditKey, BlindIndex, Customer, IndexKey
 from .vault import Vault, audit_key_context, index_key_context
 
-Progress = Callable[[int], None]
+Progress = Callable[[int], object]  # told how many more are done; what it returns is ignored
 
 
 async def count_to_rewrap(db: Database, vault: Vault) -> int:
@@ -29,11 +29,11 @@ async def rewrap(db: Database, vault: Vault, batch: int = 500, progress: Progres
     many data keys."""
     done = 0
     async with db.transaction() as s:
-        wrapped = [
+        keys: list[tuple[IndexKey | AuditKey, str]] = [
             *((r, index_key_context(r.generation)) for r in (await s.scalars(select(IndexKey)))),
             *((r, audit_key_context(r.keyed_from)) for r in (await s.scalars(select(AuditKey)))),
         ]
-        for row, context in wrapped:
+        for row, context in keys:
             if row.key_id != vault.ring.active_id:
                 key = vault.ring.unwrap(row.key_id, row.wrapped_key, context)
                 row.key_id, row.wrapped_key = vault.ring.wrap(key, context)

@@ -12,10 +12,12 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterable, Sequence
 from datetime import datetime
+from typing import NamedTuple
 
 from sqlalchemy import bindparam, func, insert, select, tuple_, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from .db import rowcount
 from .models import (
     AlertDelivery,
     ChannelRollup,
@@ -258,7 +260,14 @@ async def mark_tried(
         await session.execute(stmt)
 
 
-Settlement = tuple[DeliveryKey, str, str | None, str | None]  # key, status, ts, error
+class Settlement(NamedTuple):
+    """How one alert's delivery ended: POSTED (with the message's ts), FAILED (with Slack's
+    reason) or DROPPED (its customer was erased or is gone)."""
+
+    key: DeliveryKey
+    status: str
+    ts: str | None = None
+    error: str | None = None
 
 
 async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) -> None:
@@ -283,14 +292,14 @@ async def settle_many(session: AsyncSession, settlements: Sequence[Settlement]) 
     now = utcnow()
     params = [
         {
-            "k_event": event_id,
-            "k_channel": channel_id,
-            "v_status": status,
-            "v_ts": ts,
-            "v_error": error,
+            "k_event": s.key[0],
+            "k_channel": s.key[1],
+            "v_status": s.status,
+            "v_ts": s.ts,
+            "v_error": s.error,
             "v_at": now,
         }
-        for (event_id, channel_id), status, ts, error in settlements
+        for s in settlements
     ]
     await session.execute(stmt, params)
 
@@ -323,7 +332,7 @@ async def retry_failed(
         stmt = stmt.where(table.c.channel_id.in_(list(channels)))
     if event_ids:
         stmt = stmt.where(table.c.event_id.in_(list(event_ids)))
-    return (await session.execute(stmt)).rowcount
+    return await rowcount(session, stmt)
 
 
 # --- per-customer threads ---------------------------------------------------------------------

@@ -77,17 +77,17 @@ class Vault:
         key is missing (`audit_key_missing`), appends fail and `audit verify` names the row."""
         row = await session.get(AuditKey, AUDIT_KEY_ROW)
         if row is None:
-            named = (
+            generation, sealed = (
                 await session.execute(
                     select(func.min(AuditEntry.key_generation), func.count(AuditEntry.seq)).where(
                         AuditEntry.key_generation.is_not(None)
                     )
                 )
             ).one()
-            if named[1]:
-                self.audit_key, self.audit_generation = None, int(named[0])
+            if sealed and generation is not None:  # the min is set whenever the count is
+                self.audit_key, self.audit_generation = None, int(generation)
                 self.audit_key_missing = (
-                    f"the audit key (audit_keys row {named[0]}) is missing, but {named[1]} "
+                    f"the audit key (audit_keys row {generation}) is missing, but {sealed} "
                     "audit entries were sealed with it: restore that row from a backup"
                 )
                 return
@@ -107,7 +107,7 @@ class Vault:
                 async with session.begin_nested():
                     session.add(row)
             except IntegrityError:  # another process made it first
-                row = await session.get(AuditKey, AUDIT_KEY_ROW)
+                row = await session.get_one(AuditKey, AUDIT_KEY_ROW)
         key = self.ring.unwrap(row.key_id, row.wrapped_key, audit_key_context(row.keyed_from))
         self.audit_key = derive_key(key, b"crm-bot audit chain v1")
         self.audit_keyed_from = row.keyed_from
@@ -122,7 +122,7 @@ class Vault:
             async with session.begin_nested():
                 session.add(row)
         except IntegrityError:  # another process made it first
-            row = await session.get(IndexKey, generation)
+            row = await session.get_one(IndexKey, generation)
         self.indexers[generation] = BlindIndexer(
             self.ring.unwrap(row.key_id, row.wrapped_key, index_key_context(generation))
         )

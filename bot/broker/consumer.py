@@ -168,7 +168,7 @@ class Consumer:
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(self._queue.cancel(self._consumer_tag), timeout=5)
         self._consumer_tag = None
-        outage = [t for t in (self._resumer, self._probe) if t is not None]
+        outage: list[asyncio.Task[Any]] = [t for t in (self._resumer, self._probe) if t is not None]
         for task in outage:
             task.cancel()
         await asyncio.gather(*outage, return_exceptions=True)

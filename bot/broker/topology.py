@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue, FieldValue
 
 EXCHANGE = "crm.events"
 DLX = "crm.events.dlx"
@@ -78,7 +78,7 @@ class Topology:
     retry_queues: tuple[AbstractQueue, ...]
 
 
-def _quorum(**extra: object) -> dict[str, object]:
+def _quorum(extra: dict[str, FieldValue]) -> dict[str, FieldValue]:
     return {
         "x-queue-type": "quorum",
         "x-overflow": "reject-publish",
@@ -108,7 +108,7 @@ async def declare_topology(
     queue = await channel.declare_queue(
         SYNC_QUEUE,
         durable=True,
-        arguments=_quorum(**{"x-dead-letter-exchange": DLX, "x-delivery-limit": delivery_limit}),
+        arguments=_quorum({"x-dead-letter-exchange": DLX, "x-delivery-limit": delivery_limit}),
     )
     for routing_key in INBOUND_TYPES:
         await queue.bind(exchange, routing_key)
@@ -119,7 +119,7 @@ async def declare_topology(
                 retry_queue_name(delay),
                 durable=True,
                 arguments=_quorum(
-                    **{
+                    {
                         "x-message-ttl": round(delay * 1000),
                         "x-dead-letter-exchange": "",
                         "x-dead-letter-routing-key": SYNC_QUEUE,

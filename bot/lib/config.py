@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 import tomllib
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -48,12 +48,14 @@ class Settings(BaseSettings):
     metrics_port: int | None = Field(default=None, ge=1, le=65535)
     metrics_token: str | None = None
 
-    def require(self, *names: str) -> None:
+    def require(self, *names: str) -> tuple[str, ...]:
+        """The values of these settings, in order; a ConfigError naming every one unset."""
         missing = [n.upper() for n in names if not getattr(self, n)]
         if missing:
             raise ConfigError(
                 f"missing setting: {', '.join(missing)} (set it in the environment or .env)"
             )
+        return tuple(str(getattr(self, n)) for n in names)
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -94,7 +96,7 @@ CardField = Literal[
     "handoffs",
     "approvals",
 ]
-CARD_FIELDS: tuple[str, ...] = CardField.__args__  # type: ignore[attr-defined]
+CARD_FIELDS: tuple[CardField, ...] = get_args(CardField)
 
 
 class _Strict(BaseModel):
@@ -263,7 +265,7 @@ class AccessRules(_Strict):
     another organisation (shared channels) and everyone in no department are refused. A
     department's members see the card fields of its `fields`, or these; leads see all."""
 
-    fields: tuple[CardField, ...] = CARD_FIELDS  # type: ignore[assignment]
+    fields: tuple[CardField, ...] = CARD_FIELDS
     # `/crm show` of more customers than this within an hour by one person: their leads are
     # told (a direct message each), at most once an hour.
     show_alert_per_hour: int = Field(default=50, ge=1, le=100_000)

@@ -76,10 +76,15 @@ def _flag(value: object) -> bool:
     return value is True or str(value).lower() == "true"  # commands send "true"/"false"
 
 
+def _part(body: dict[str, Any], key: str) -> dict[str, Any]:
+    value = body.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _person(body: dict[str, Any]) -> Person:
     user = body.get("user")
-    team = body.get("team") if isinstance(body.get("team"), dict) else {}
-    enterprise = body.get("enterprise") if isinstance(body.get("enterprise"), dict) else {}
+    team = _part(body, "team")
+    enterprise = _part(body, "enterprise")
     if isinstance(user, dict):  # interactivity payloads
         return Person(
             id=str(user.get("id") or ""),

@@ -21,9 +21,11 @@ class Budget(Protocol):
 
     async def reserve(self, channel: str) -> float:
         """The Unix time at which one more post in `channel` fits the rate (<= now: at once)."""
+        ...
 
     async def hold(self, channel: str, until: float) -> None:
         """Slack answered 429: no post in `channel` before `until` (Unix time)."""
+        ...
 
 
 class LocalBudget:

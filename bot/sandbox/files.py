@@ -47,9 +47,10 @@ def files_of(api: WebApi) -> dict[str, StoredFile]:
 @method("files.getUploadURLExternal")
 async def get_upload_url(api: WebApi, args: Body) -> Body:
     name = str(args.get("filename") or "")
+    raw = args.get("length")
     try:
-        length = int(args.get("length"))  # type: ignore[arg-type]
-    except (TypeError, ValueError):
+        length = int(raw) if isinstance(raw, int | str) else 0
+    except ValueError:
         return error("invalid_arguments")
     if not name or length <= 0 or length > MAX_LENGTH:
         return error("invalid_arguments")

@@ -162,8 +162,8 @@ class Sandbox:
         await self._runner.setup()
         site = web.TCPSite(self._runner, host, port)
         await site.start()
-        sockets = site._server.sockets if site._server else []  # type: ignore[union-attr]
-        bound = sockets[0].getsockname()[1] if sockets else port
+        addresses = self._runner.addresses  # (host, port, ...) of each listening socket
+        bound = addresses[0][1] if addresses else port
         self.url = f"http://{host}:{bound}"
 
     async def stop(self) -> None:

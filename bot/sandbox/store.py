@@ -31,7 +31,9 @@ class Call:
 
     @property
     def ok(self) -> bool:
-        return self.status == 200 and isinstance(self.response, dict) and self.response.get("ok")
+        return (
+            self.status == 200 and isinstance(self.response, dict) and bool(self.response.get("ok"))
+        )
 
 
 @dataclass

@@ -56,7 +56,7 @@ def to_view(
     readable = customer is not None and customer.erased_at is None
 
     def open_(column: str, blob: bytes | None) -> str | None:
-        if not readable or blob is None:
+        if customer is None or not readable or blob is None:
             return None
         return deps.vault.open(customer, "approvals", column, row.id, blob)
 
@@ -399,8 +399,8 @@ async def expire_due(deps: Deps) -> int:
         log.info("approval %s expired", approval_id)
         await announce(deps, view)
     for approval_id in unposted:
-        view = await load_view(deps, approval_id)
-        dept = departments.get(view.department_key) if view else None
-        if view is not None and view.message_ts is None and dept is not None:
-            await post_request(deps, view, dept, recovering=True)
+        unposted_view = await load_view(deps, approval_id)
+        dept = departments.get(unposted_view.department_key) if unposted_view else None
+        if unposted_view is not None and unposted_view.message_ts is None and dept is not None:
+            await post_request(deps, unposted_view, dept, recovering=True)
     return expired

@@ -75,7 +75,7 @@ async def permalink(deps: Deps, channel: str | None, ts: str | None) -> str | No
 
 def event_data(h: Handoff, actor: str) -> dict:
     """The outbox event's `data` (ids and states only: no note, no reason)."""
-    data = {
+    data: dict[str, object] = {
         "handoff_id": str(h.id),
         "from_department": h.from_department,
         "to_department": h.to_department,
@@ -420,8 +420,9 @@ async def _remind_one(deps: Deps, hid: uuid.UUID, now) -> bool:
     async with deps.db.transaction() as session:
         repo = Handoffs(session, deps.vault)
         h = await repo.get(hid, for_update=True)
-        if h is None or not h.message_ts:
+        if h is None or not h.message_ts or not h.channel_id:  # no message to reply under
             return False
+        channel, message_ts = h.channel_id, h.message_ts
         step = rules.claim_step(h.status, h.claim_deadline, h.reminders_sent, now)
         if step is None:
             return False
@@ -435,7 +436,7 @@ async def _remind_one(deps: Deps, hid: uuid.UUID, now) -> bool:
             text = render.reminder_reply(record, dept.name)
         else:
             text = render.escalation_reply(record, dept.name, list(dept.leads), dept.usergroup)
-        await deps.slack.post(record.channel_id, text, thread_ts=record.message_ts)
+        await deps.slack.post(channel, text, thread_ts=message_ts)
     except (SlackError, NotFound) as exc:
         log.warning("handoff %s: %s not sent (%s)", hid, step, getattr(exc, "kind", "no dept"))
         if isinstance(exc, SlackError) and exc.transient:  # try again on the next pass

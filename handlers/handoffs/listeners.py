@@ -42,7 +42,7 @@ from handlers.commands import CommandRouter, clean_text
 from handlers.deps import Deps
 from handlers.handoffs import flow, rules
 from storage.customers import Customers
-from storage.handoffs import Handoffs
+from storage.handoffs import HandoffQuery, Handoffs
 
 log = logging.getLogger(__name__)
 
@@ -98,20 +98,20 @@ async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
     which = rules.parse_list_filter(cmd.args)
     reader = (await access.require(deps, cmd.person)).reader
     if which == rules.LIST_MINE:
-        title, query = "Your open handoffs", {"user": cmd.user}
+        title, query = "Your open handoffs", HandoffQuery(user=cmd.user)
     elif which == rules.LIST_OPEN:
         scope = access.list_scope(reader, None)
         title = "Open handoffs to or from your departments"
-        query = {"to_departments": scope.to, "from_departments": scope.sent_from}
+        query = HandoffQuery(to_departments=scope.to, from_departments=scope.sent_from)
     else:
         dept = await deps.directory.get(which)
         scope = access.list_scope(reader, dept.key)
         title = f"Open handoffs to {dept.name}" + (" from your departments" if scope.within else "")
-        query = {"to_departments": scope.to, "within": scope.within}
+        query = HandoffQuery(to_departments=scope.to, within=scope.within)
     names = await flow.dept_names(deps)
     async with deps.db.transaction() as session:
         repo = Handoffs(session, deps.vault)
-        rows, total = await repo.listing(**query)
+        rows, total = await repo.listing(query)
         records = await repo.records(rows)
     text, blocks = render.handoff_list(title, await flow.with_links(deps, records), total, names)
     return reply(text, blocks)
@@ -120,11 +120,12 @@ async def list_command(deps: Deps, cmd: Command) -> dict[str, Any]:
 async def home_section(deps: Deps, user: str) -> list[dict]:
     """The App Home's part: open handoffs the user asked for, is assigned, or that wait for
     one of their departments (home.publish_home checked their access first)."""
-    mine = [d.key for d in await deps.directory.departments_of(user)]
+    mine = tuple(d.key for d in await deps.directory.departments_of(user))
     names = await flow.dept_names(deps)
     async with deps.db.transaction() as session:
         repo = Handoffs(session, deps.vault)
-        rows, total = await repo.listing(to_departments=mine, user=user, limit=HOME_LIMIT)
+        query = HandoffQuery(to_departments=mine, user=user)
+        rows, total = await repo.listing(query, limit=HOME_LIMIT)
         records = await repo.records(rows)
     return render.handoff_items(await flow.with_links(deps, records), total, names)
 

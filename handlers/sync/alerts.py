@@ -127,7 +127,8 @@ def route(
             if dept not in known:
                 continue
             seen = merged.get(dept)
-            placement, loud = rule.placement, bool(broadcast)
+            placement: str = rule.placement
+            loud = bool(broadcast)
             if seen is not None:
                 placement = TOP_LEVEL if TOP_LEVEL in (seen.placement, placement) else THREAD
                 loud = loud or seen.broadcast

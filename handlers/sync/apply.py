@@ -101,8 +101,9 @@ class UnknownCustomer(Exception):
 RFC3339 = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}:\d{2}(\.\d+)?([Zz]|[+-]\d{2}:\d{2})$")
 
 
-def parse_time(text: str) -> datetime:
-    """An RFC 3339 date-time with its offset; ValueError otherwise."""
+def parse_time(text: object) -> datetime:
+    """An RFC 3339 date-time with its offset; ValueError otherwise (also for a non-string:
+    it checks JSON values of any type)."""
     if not isinstance(text, str) or not RFC3339.match(text):
         raise ValueError("not an RFC 3339 date-time")
     value = datetime.fromisoformat(text.upper().replace(" ", "T").replace("Z", "+00:00"))
@@ -113,7 +114,7 @@ def parse_time(text: str) -> datetime:
 
 def _is_time(value: object) -> bool:
     try:
-        parse_time(value)  # type: ignore[arg-type]
+        parse_time(value)
     except ValueError:
         return False
     return True

@@ -167,7 +167,7 @@ class Delivery:
         except SlackError as exc:
             if exc.transient:
                 raise
-            failed = [(p.key, ledger.FAILED, None, exc.kind) for p in w.items]
+            failed = [ledger.Settlement(p.key, ledger.FAILED, error=exc.kind) for p in w.items]
             log.warning(
                 "%d alerts for customer %s in %s failed for good: %s",
                 len(failed),

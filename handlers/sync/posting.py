@@ -119,12 +119,12 @@ class ChannelRound:
                 ).scalars()
             }
             waiting: dict[uuid.UUID, Waiting] = {}
-            dropped = []
+            dropped: list[ledger.Settlement] = []
             for row in rows:
                 key = (row.event_id, row.channel_id)
                 customer = customers.get(row.customer_id)
                 if customer is None or customer.erased_at is not None:
-                    dropped.append((key, ledger.DROPPED, None, None))
+                    dropped.append(ledger.Settlement(key, ledger.DROPPED))
                     continue
                 if customer.id not in waiting:
                     about = About(customer, self.deps.vault)
@@ -201,7 +201,7 @@ class ChannelRound:
                     guard=self.guard,
                 )
                 replies = (w.about.id, len(batch.items))
-            settled = [(k, ledger.POSTED, posted["ts"], None) for k in batch.keys]
+            settled = [ledger.Settlement(k, ledger.POSTED, ts=posted["ts"]) for k in batch.keys]
             await self.record(settled, thread=settled_thread, replies=replies)
             metrics.alerts_posted_total.inc(len(batch.items))
             if settled_thread is not None:

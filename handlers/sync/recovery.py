@@ -97,16 +97,16 @@ async def _adopt_customer(
     replies = 0
     rollups: dict[str, int] = {}
     for p in mine:
-        if ts := _in(in_thread, r, w, p):
-            found[p.key] = ts
+        if at := _in(in_thread, r, w, p):
+            found[p.key] = at
             replies += 1
-        elif ts := _in(in_channel, r, w, p):
-            found[p.key] = ts
-        elif ts := in_channel.get(rollup_key(p.tried.round_id)):  # type: ignore[union-attr]
-            found[p.key] = ts
-            rollups[ts] = rollups.get(ts, 0) + 1
+        elif at := _in(in_channel, r, w, p):
+            found[p.key] = at
+        elif p.tried is not None and (at := in_channel.get(rollup_key(p.tried.round_id))):
+            found[p.key] = at
+            rollups[at] = rollups.get(at, 0) + 1
     if found:
-        settled = [(k, ledger.POSTED, ts, None) for k, ts in found.items()]
+        settled = [ledger.Settlement(k, ledger.POSTED, ts=at) for k, at in found.items()]
         await r.record(settled, replies=(w.about.id, replies) if replies else None)
         for ts, n in rollups.items():
             await r.record([], rollup=(ts, n, True))

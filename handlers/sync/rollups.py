@@ -85,7 +85,7 @@ async def roll_up(r: ChannelRound, waiting: list[Waiting], rollup: ChannelRollup
         return
     keys = [p.key for p in items]
     if rollup is not None and is_open(r, rollup):
-        settled = [(k, ledger.POSTED, rollup.ts, None) for k in keys]
+        settled = [ledger.Settlement(k, ledger.POSTED, ts=rollup.ts) for k in keys]
         await r.record(settled, rollup=(rollup.ts, len(items), False))
         metrics.alerts_posted_total.inc(len(items))
         metrics.alerts_rolled_up_total.inc(len(items))
@@ -100,7 +100,7 @@ async def roll_up(r: ChannelRound, waiting: list[Waiting], rollup: ChannelRollup
     text, blocks = rollup_message(rendered, r.now)
     await r.mark(keys)
     posted = await r.deps.slack.post(r.channel, text, blocks, key=rollup_key(r.id), guard=r.guard)
-    settled = [(k, ledger.POSTED, posted["ts"], None) for k in keys]
+    settled = [ledger.Settlement(k, ledger.POSTED, ts=posted["ts"]) for k in keys]
     await r.record(settled, rollup=(posted["ts"], len(items), True))
     metrics.alerts_posted_total.inc(len(items))
     metrics.alerts_rolled_up_total.inc(len(items))
