@@ -151,12 +151,12 @@ async def test_a_database_behind_its_migrations_fails(deployment, tmp_path):
 async def test_warnings_alone_keep_exit_0(deployment, tmp_path, sandbox):
     """A public channel the bot is not in (serve joins it) and a scope granted but unused."""
     sandbox.store.channels[FINANCE]["is_member"] = False
-    sandbox.scopes = [*sandbox.scopes, "files:write"]
+    sandbox.scopes = [*sandbox.scopes, "reactions:write"]
     code, output = await doctor(deployment, tmp_path)
     assert code == 0, output
     assert lines(output, "FAIL") == []
     assert lines(output, "warn") == [
-        "warn scopes: granted but not in manifest.yml: files:write: remove them from the "
+        "warn scopes: granted but not in manifest.yml: reactions:write: remove them from the "
         "app's bot scopes and reinstall",
         f"warn channel {FINANCE} of finance: the bot is not in this channel: `crm-bot serve` "
         "joins it at start (or /invite @crm-bot in it)",
