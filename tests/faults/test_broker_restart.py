@@ -78,4 +78,7 @@ async def test_broker_app_restart_loses_nothing(stack, stream):
     assert stream.publish_retries > 0, "the broker was not away while events flowed"
     assert users.tally.error_count == 0, users.tally.errors
     books.assert_clean(dead_allowed={e["id"] for e in bad})
-    assert len(books.applied) == books.published - len(bad)
+    # Of the three bad events, the erasure of a customer never seen applies (it leaves a
+    # tombstone); the event about that erased customer and the one failing the schema never do.
+    assert len(books.dead) == 2
+    assert len(books.applied) == books.published - 2
