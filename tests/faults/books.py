@@ -109,7 +109,9 @@ async def _rows(db: Database, sql: str, **params) -> list:
 
 
 async def progress(db: Database, stream: EventStream, amqp_url: str) -> tuple[int, int, int]:
-    """(events not yet applied nor dead, pending alert rows, dead letters) right now."""
+    """(events not yet applied nor dead, alerts not yet shown, dead letters) right now. An
+    alert recorded in a channel's roll-up is shown once the roll-up is updated in place (at most
+    once a second, by a later round): a roll-up listing fewer than it holds counts as pending."""
     ids = set(stream.published)
     done = {r[0] for r in await _rows(db, "SELECT event_id FROM processed_events")}
     left = ids - done
@@ -120,7 +122,8 @@ async def progress(db: Database, stream: EventStream, amqp_url: str) -> tuple[in
         dead = len(dead_ids & ids)
         left -= dead_ids
     pending = await _rows(db, "SELECT count(*) FROM alert_deliveries WHERE status='pending'")
-    return len(left), int(pending[0][0]), dead
+    behind = await _rows(db, "SELECT count(*) FROM channel_rollups WHERE listed < items")
+    return len(left), int(pending[0][0]) + int(behind[0][0]), dead
 
 
 async def settled(db: Database, stream: EventStream, amqp_url: str, within: float) -> None:
