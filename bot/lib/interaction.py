@@ -128,8 +128,18 @@ def channel_of_click(body: dict[str, Any]) -> str | None:
 # --- parsed interactions ----------------------------------------------------------------------
 
 
+class _ByPerson:
+    """What every parsed interaction has: the acting person, and their id as `user`."""
+
+    person: Person
+
+    @property
+    def user(self) -> str:
+        return self.person.id
+
+
 @dataclass(frozen=True)
-class Command:
+class Command(_ByPerson):
     """A slash command: who typed it, where, and its arguments (cleaned by the router)."""
 
     person: Person
@@ -137,10 +147,6 @@ class Command:
     args: str
     trigger_id: str | None = None
     response_url: str | None = None
-
-    @property
-    def user(self) -> str:
-        return self.person.id
 
     @property
     def place(self) -> Place:
@@ -158,7 +164,7 @@ def parse_command(body: dict[str, Any], args: str = "") -> Command:
 
 
 @dataclass(frozen=True)
-class Click:
+class Click(_ByPerson):
     """A button click (block_actions)."""
 
     person: Person
@@ -169,10 +175,6 @@ class Click:
     thread_ts: str | None
     trigger_id: str | None
     response_url: str | None
-
-    @property
-    def user(self) -> str:
-        return self.person.id
 
     @property
     def place(self) -> Place:
@@ -197,7 +199,7 @@ def parse_click(body: dict[str, Any]) -> Click:
 
 
 @dataclass(frozen=True)
-class Shortcut:
+class Shortcut(_ByPerson):
     """A message shortcut (message_action): the message it was used on."""
 
     person: Person
@@ -207,10 +209,6 @@ class Shortcut:
     message_ts: str | None
     trigger_id: str | None
     response_url: str | None
-
-    @property
-    def user(self) -> str:
-        return self.person.id
 
     @property
     def place(self) -> Place:
@@ -244,7 +242,7 @@ M = TypeVar("M", bound=ModalMeta)
 
 
 @dataclass(frozen=True)
-class Submission:
+class Submission(_ByPerson):
     """A view submission: the values typed in, and the metadata the bot put in the modal."""
 
     person: Person
@@ -252,10 +250,6 @@ class Submission:
     callback_id: str
     values: dict[str, Any]
     private_metadata: str
-
-    @property
-    def user(self) -> str:
-        return self.person.id
 
     def input(self, block: str, action: str) -> dict[str, Any]:
         return (self.values.get(block) or {}).get(action) or {}
